@@ -5,4 +5,7 @@
     loss.backward(); ctl.step()
 """
 
+from sparsetrain.controller import MaskingOptions, SparsityController, sparsify
+
 __version__ = "0.1.0"
+__all__ = ["MaskingOptions", "SparsityController", "__version__", "sparsify"]

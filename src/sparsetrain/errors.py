@@ -40,3 +40,9 @@ class TrainingDiverged(SparsetrainError):
 def choices_message(kind: str, name: object, choices: list[str] | tuple[str, ...]) -> str:
     """One-line message for an unknown name that lists what would have been accepted."""
     return f"unknown {kind} {name!r}; valid choices: {', '.join(sorted(choices))}"
+
+
+class UnsupportedOptimizer(SparsetrainError, TypeError):
+    """An optimizer whose per-weight state the engine cannot reset for regrown connections."""
+
+    exit_code = 2

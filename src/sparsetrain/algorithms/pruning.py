@@ -1,0 +1,33 @@
+"""Global magnitude pruning (Zhu & Gupta): keep the largest |w| across all layers at once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from sparsetrain.ops import select_highest
+
+
+def global_magnitude_keep(
+    weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], keep: int
+) -> dict[str, torch.Tensor]:
+    """New masks keeping exactly `keep` currently-active weights, those with the largest |w|
+    over all layers together. Each layer keeps at least its largest weight, so no layer is
+    cut off entirely (the explicit one-weight-per-layer minimum)."""
+    names = list(weights)
+    flat_scores = torch.cat([weights[n].detach().abs().reshape(-1).float() for n in names])
+    flat_active = torch.cat([masks[n].reshape(-1) for n in names])
+    sizes = [weights[n].numel() for n in names]
+    # reserve each layer's largest active weight, then fill the rest globally
+    reserved = torch.zeros_like(flat_active)
+    offset = 0
+    for n, size in zip(names, sizes):
+        scores = flat_scores[offset : offset + size].masked_fill(
+            ~flat_active[offset : offset + size], -1
+        )
+        reserved[offset + int(scores.argmax())] = True
+        offset += size
+    rest = select_highest(flat_scores, flat_active & ~reserved, keep - int(reserved.sum()))
+    kept = (reserved | rest).split(sizes)
+    return {n: k.view_as(masks[n]) for n, k in zip(names, kept)}

@@ -1,0 +1,553 @@
+"""`SparsityController`: the one owner of mutable sparse state, and `sparsify`, its 3-line API.
+
+    ctl = sparsify(model, optimizer, method="RigL", density=0.2, init="ERK", total_steps=T)
+    loss.backward()
+    ctl.step()            # == optimizer.step(): the controller rides on optimizer step hooks
+
+The controller attaches to the optimizer with `register_step_pre_hook` / `register_step_post_hook`,
+so a loop that keeps calling `optimizer.step()` (or `GradScaler.step(optimizer)`, or Lightning)
+is sparsified too; a step skipped by AMP skips the mask work. Per ordinary step it does two
+in-place multiplies per sparse layer (gradient before the step, weight after) and no host sync.
+Mask updates (host work allowed) happen every `interval` steps (`apply_when=step_end`) or
+epochs (`apply_when=epoch_end`, via `end_epoch()`) while `start_when <= t < end_when`.
+
+Determinism: masks are drawn from the controller's own `torch.Generator` (seeded, CPU), random
+grow scores come from the same generator, and selection ties go to the lower flat index, so the
+same seed gives the same masks on any number of ranks (DDP all-reduces gradients before the
+optimizer step, so gradient and momentum scores are identical on every rank too).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsetrain import optim_state
+from sparsetrain.algorithms.dst import drop_lowest_magnitude, grow_highest, redistribute
+from sparsetrain.algorithms.pruning import global_magnitude_keep
+from sparsetrain.algorithms.registry import METHODS, MethodSpec
+from sparsetrain.distributions import (
+    LayerShape,
+    canonical_init,
+    check_density,
+    is_structured,
+    layer_budgets,
+)
+from sparsetrain.errors import CheckpointError, ConfigError, choices_message
+from sparsetrain.masks import group_size, maskable_parameters, unwrap
+from sparsetrain.schedules import (
+    DECAY_SCHEDULES,
+    is_update_step,
+    resolve_tick,
+    update_fraction,
+    zhu_gupta_density,
+)
+
+GROWTH_MODES = ("absolute-gradient", "momentum", "random", "none")
+PRUNE_MODES = ("magnitude", "global-magnitude")
+REDISTRIBUTION_MODES = ("none", "momentum")
+APPLY_WHEN = ("step_end", "epoch_end")
+#: reference config keys accepted (and ignored here) so a masking config can be passed whole
+PASSIVE_KEYS = (
+    "name",
+    "density",
+    "sparse_init",
+    "dense",
+    "init_exp_name",
+    "override_dir",
+    "print_FLOPs",
+)
+
+
+@dataclass(frozen=True)
+class MaskingOptions:
+    """The reference system's masking options (field names as in its configs)."""
+
+    prune_rate: float = 0.3
+    interval: int = 100
+    start_when: float = 0
+    end_when: float = 0.75
+    apply_when: str = "step_end"
+    decay_schedule: str = "cosine"
+    growth_mode: str = "none"
+    prune_mode: str = "magnitude"
+    redistribution_mode: str = "none"
+    dense_gradients: bool = False
+    final_density: float | None = None
+    lottery_mask_path: str | None = None
+
+    @classmethod
+    def resolve(cls, spec: MethodSpec, options: dict[str, Any]) -> MaskingOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known - set(PASSIVE_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"unknown masking option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}"
+            )
+        values = {k: v for k, v in spec.defaults.items() if k in known}
+        values.update({k: v for k, v in options.items() if k in known and v is not None})
+        opts = cls(**values)
+        opts.validate(spec)
+        return opts
+
+    def validate(self, spec: MethodSpec) -> None:
+        for value, name, valid in (
+            (self.growth_mode, "growth_mode", GROWTH_MODES),
+            (self.prune_mode, "prune_mode", PRUNE_MODES),
+            (self.redistribution_mode, "redistribution_mode", REDISTRIBUTION_MODES),
+            (self.apply_when, "apply_when", APPLY_WHEN),
+            (self.decay_schedule, "decay_schedule", DECAY_SCHEDULES),
+        ):
+            if value not in valid:
+                raise ConfigError(choices_message(name, value, valid))
+        if self.interval <= 0:
+            raise ConfigError(
+                f"interval must be a positive number of steps/epochs, got {self.interval}"
+            )
+        if not 0 <= self.prune_rate <= 1:
+            raise ConfigError(f"prune_rate (α) must be in [0, 1], got {self.prune_rate}")
+        if spec.pruning and self.final_density is None:
+            raise ConfigError("Pruning needs final_density (the density training ends at)")
+
+
+@dataclass
+class _Layer:
+    """Book-keeping for one masked weight."""
+
+    name: str
+    param: nn.Parameter
+    group: int  # entries switching together (k*k when structured)
+    budget: int  # active entries, an exact integer decided at init (changed only by the method)
+    frozen_dense: bool  # initial budget is the whole layer: never churned (except by Pruning)
+
+
+class SparsityController:
+    """Owns masks, step counters, schedule position and RNG; `state_dict()` round-trips them."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        method: str = "RigL",
+        density: float = 0.2,
+        init: str | None = None,
+        total_steps: int | None = None,
+        steps_per_epoch: int | None = None,
+        seed: int = 0,
+        attach: bool = True,
+        **options: Any,
+    ):
+        self.spec: MethodSpec = METHODS.get(method)
+        if self.spec.pruning and options.get("final_density") is None:
+            # library shorthand: sparsify(..., method="Pruning", density=d) prunes 1.0 -> d
+            options = {**options, "final_density": density}
+            density = 1.0
+        self.model = unwrap(model)
+        self.optimizer = optimizer
+        optim_state.check_supported(optimizer)
+        self.options = MaskingOptions.resolve(self.spec, options)
+        self.density_target = 1.0 if self.spec.dense_model else check_density(density)
+        self.init = canonical_init(init or self.spec.default_init)
+        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.step_count = 0
+        self.epoch_count = 0
+        self.dense_grad_steps = 0
+        self.update_log: list[dict[str, Any]] = []
+        self.flops = None
+        self._grad_scores: dict[str, torch.Tensor] = {}
+        self._dense_grad_now = False
+        self._hooks: list[Any] = []
+        self._check_schedule()
+        self.layers: dict[str, _Layer] = {}
+        self._sparse: list[_Layer] = []
+        self.masks: dict[str, torch.Tensor] = {}
+        self.ever_active: dict[str, torch.Tensor] = {}
+        if not self.spec.dense_model:
+            self._init_masks(options.get("lottery_mask_path") or self.options.lottery_mask_path)
+        self._refresh_sparse_layers()
+        if attach:
+            self.attach()
+
+    # ------------------------------------------------------------------ setup
+    def _ticks_total(self) -> int | None:
+        if self.options.apply_when == "step_end":
+            return self.total_steps
+        if self.total_steps is not None and self.steps_per_epoch:
+            return math.ceil(self.total_steps / self.steps_per_epoch)
+        return None
+
+    def _check_schedule(self) -> None:
+        opts, total = self.options, self._ticks_total()
+        unit = "steps" if opts.apply_when == "step_end" else "epochs"
+        self.start = max(0, resolve_tick(opts.start_when, total, "start_when"))
+        self.end = resolve_tick(opts.end_when, total, "end_when")
+        if self.spec.dense_model or (opts.growth_mode == "none" and not self.spec.pruning):
+            self.end = -1
+            return
+        if total is not None and self.end > total:
+            raise ConfigError(
+                f"end_when={opts.end_when} is beyond training ({total} {unit}); "
+                f"use a value <= {total} or a fraction in (0, 1)"
+            )
+        if self.end != -1 and self.start >= self.end:
+            raise ConfigError(
+                f"start_when ({self.start}) must be before end_when ({self.end}) {unit}"
+            )
+        if self.spec.pruning and self.options.final_density is not None:
+            check_density(self.options.final_density, "final_density")
+            if self.options.final_density > self.density_target:
+                raise ConfigError(
+                    f"final_density ({self.options.final_density}) is above the starting density "
+                    f"({self.density_target}): pruning only removes weights"
+                )
+
+    def _init_masks(self, lottery_path: str | None) -> None:
+        params = maskable_parameters(self.model)
+        if self.init == "lottery":
+            masks = self._load_lottery(lottery_path, params)
+            budgets = {n: int(m.sum()) for n, m in masks.items()}
+            structured = False
+        else:
+            structured = is_structured(self.init)
+            shapes = {n: LayerShape(tuple(p.shape), p.dim() == 4) for n, p in params.items()}
+            start_density = self.density_target
+            budgets = layer_budgets(shapes, start_density, self.init)
+            masks = {}
+            for name, p in params.items():
+                group = group_size(p.shape, structured)
+                units = p.numel() // group
+                chosen = torch.randperm(units, generator=self.generator)[: budgets[name] // group]
+                unit_mask = torch.zeros(units, dtype=torch.bool)
+                unit_mask[chosen] = True
+                if group > 1:
+                    unit_mask = unit_mask.reshape(-1, 1).expand(-1, group)
+                masks[name] = unit_mask.reshape(p.shape).to(p.device)
+        for name, p in params.items():
+            group = group_size(p.shape, structured)
+            budget = budgets[name]
+            self.layers[name] = _Layer(name, p, group, budget, frozen_dense=budget == p.numel())
+            self.masks[name] = masks[name]
+            self.ever_active[name] = masks[name].clone()
+        self._refresh_sparse_layers()
+        self.apply_masks()
+
+    def _load_lottery(
+        self, path: str | None, params: dict[str, nn.Parameter]
+    ) -> dict[str, torch.Tensor]:
+        source = "a Pruning run (masking=Pruning)" if self.spec.rewind_weights else "a RigL run"
+        if not path:
+            raise ConfigError(
+                f"{self.spec.name} needs lottery_mask_path: the final checkpoint of {source}"
+            )
+        if os.path.isdir(path):
+            path = os.path.join(path, "ckpts", "last.pt")
+        if not os.path.exists(path):
+            raise ConfigError(
+                f"lottery mask checkpoint not found: {path}; it is written by {source} — "
+                "train that run first (its ckpts/last.pt), or point masking.lottery_mask_path at it"
+            )
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # corrupt or foreign file
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+        if isinstance(ckpt.get("sparsity"), dict) and ckpt["sparsity"].get("masks"):
+            masks = dict(ckpt["sparsity"]["masks"])
+        elif isinstance(ckpt.get("model"), dict):
+            masks = {n: ckpt["model"][n] != 0 for n in params if n in ckpt["model"]}
+        else:
+            raise CheckpointError(f"{path} holds no masks (no 'sparsity' or 'model' entry)")
+        for name, p in params.items():
+            if name not in masks or tuple(masks[name].shape) != tuple(p.shape):
+                raise CheckpointError(
+                    f"checkpoint {path} does not match this model: layer {name} "
+                    f"{'missing' if name not in masks else f'has shape {tuple(masks[name].shape)}'}, "
+                    f"model has {tuple(p.shape)}"
+                )
+        if self.spec.rewind_weights:
+            init_weights = ckpt.get("init_model")
+            if not isinstance(init_weights, dict):
+                raise CheckpointError(f"{path} has no step-0 weights ('init_model') to rewind to")
+            self.model.load_state_dict(init_weights)
+        return {n: masks[n].to(device=p.device, dtype=torch.bool) for n, p in params.items()}
+
+    def _refresh_sparse_layers(self) -> None:
+        """Layers whose mask is not all-ones: the only ones touched on ordinary steps."""
+        self._sparse = [l for l in self.layers.values() if l.budget < l.param.numel()]
+        if self.flops is not None:
+            self.flops.on_masks_changed(self.layer_densities())
+
+    # ------------------------------------------------------------------ hooks
+    def attach(self) -> None:
+        """Ride on the optimizer: mask gradients before its step, weights and updates after."""
+        if not self._hooks:
+            self._hooks = [
+                self.optimizer.register_step_pre_hook(lambda *_: self._before_step()),
+                self.optimizer.register_step_post_hook(lambda *_: self._after_step()),
+            ]
+
+    def detach(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    def attach_flops(self, accountant: Any) -> None:
+        """Feed a FLOPs accountant: `on_masks_changed` now and after updates, `on_step` per step."""
+        self.flops = accountant
+        accountant.on_masks_changed(self.layer_densities())
+
+    def step(self) -> None:
+        """Optimizer step + mask re-application + mask update when due (via the hooks)."""
+        if not self._hooks:
+            self._before_step()
+            self.optimizer.step()
+            self._after_step()
+        else:
+            self.optimizer.step()
+
+    def _needs_grad_scores(self, tick: int) -> bool:
+        if self.options.growth_mode != "absolute-gradient":
+            return False
+        if self.options.apply_when == "epoch_end":  # keep the latest gradient through the epoch
+            return self._due(self.epoch_count + 1)
+        return self._due(tick)
+
+    def _before_step(self) -> None:
+        tick = self.step_count + 1
+        capture = self._needs_grad_scores(tick)
+        self._dense_grad_now = capture or self.options.dense_gradients
+        if capture:
+            self._grad_scores = {
+                l.name: l.param.grad.detach().abs()
+                for l in self._dynamic()
+                if l.param.grad is not None
+            }
+        if not self.options.dense_gradients:
+            grads = [l.param.grad for l in self._sparse if l.param.grad is not None]
+            masks = [self.masks[l.name] for l in self._sparse if l.param.grad is not None]
+            if grads:
+                torch._foreach_mul_(grads, masks)
+
+    def _after_step(self) -> None:
+        self.apply_masks()
+        self.step_count += 1
+        if self._dense_grad_now:
+            self.dense_grad_steps += 1
+        if self.flops is not None:
+            self.flops.on_step(dense_grad=self._dense_grad_now)
+        if self.options.apply_when == "step_end" and self._due(self.step_count):
+            self._update(self.step_count)
+            self._grad_scores = {}
+
+    def end_epoch(self) -> None:
+        """Call once at the end of every epoch (mask updates with `apply_when=epoch_end`)."""
+        self.epoch_count += 1
+        if self.options.apply_when == "epoch_end" and self._due(self.epoch_count):
+            self._update(self.epoch_count)
+            self._grad_scores = {}
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Zero every masked weight in place."""
+        if self._sparse:
+            torch._foreach_mul_(
+                [l.param.data for l in self._sparse], [self.masks[l.name] for l in self._sparse]
+            )
+
+    # ------------------------------------------------------------------ updates
+    def _due(self, tick: int) -> bool:
+        if self.end == -1:
+            return False
+        if self.spec.pruning:
+            on_grid = tick >= self.start and (tick - self.start) % self.options.interval == 0
+            return (on_grid and tick <= self.end) or tick == self.end
+        return is_update_step(tick, self.start, self.end, self.options.interval)
+
+    def _dynamic(self) -> list[_Layer]:
+        return [l for l in self.layers.values() if not l.frozen_dense]
+
+    @torch.no_grad()
+    def _update(self, tick: int) -> None:
+        before = {n: m.clone() for n, m in self.masks.items()}
+        if self.spec.pruning:
+            alpha = None
+            new_masks = self._prune(tick)
+        else:
+            alpha = update_fraction(
+                tick, self.options.prune_rate, self.end, self.options.decay_schedule
+            )
+            new_masks = self._drop_and_grow(alpha)
+        self._commit(new_masks, before, tick, alpha)
+
+    def _prune(self, tick: int) -> dict[str, torch.Tensor]:
+        density = zhu_gupta_density(
+            tick, self.density_target, self.options.final_density, self.start, self.end
+        )
+        layers = list(self.layers.values())
+        keep = round(density * sum(l.param.numel() for l in layers))
+        return global_magnitude_keep(
+            {l.name: l.param for l in layers}, {l.name: self.masks[l.name] for l in layers}, keep
+        )
+
+    def _grow_score(self, layer: _Layer) -> torch.Tensor:
+        mode = self.options.growth_mode
+        if mode == "random":
+            return torch.rand(layer.param.shape, generator=self.generator).to(layer.param.device)
+        if mode == "absolute-gradient":
+            score = self._grad_scores.get(layer.name)
+            if score is None:
+                raise ConfigError(
+                    f"growth_mode=absolute-gradient found no gradient for {layer.name} at the update"
+                )
+            return score
+        buffer = optim_state.momentum(self.optimizer, layer.param)
+        if buffer is None:
+            raise ConfigError(
+                "growth_mode=momentum needs an optimizer with momentum (SGD momentum > 0, or Adam)"
+            )
+        return buffer.abs()
+
+    def _drop_and_grow(self, alpha: float) -> dict[str, torch.Tensor]:
+        layers = self._dynamic()
+        kept, drops = {}, {}
+        for l in layers:
+            units = l.budget // l.group
+            drops[l.name] = round(alpha * units)
+            kept[l.name] = drop_lowest_magnitude(
+                l.param, self.masks[l.name], drops[l.name], l.group
+            )
+        grows = drops
+        if self.options.redistribution_mode == "momentum" and layers:
+            scores, capacity = {}, {}
+            for l in layers:
+                buffer = optim_state.momentum(self.optimizer, l.param)
+                active = self.masks[l.name]
+                scores[l.name] = float(buffer[active].abs().mean()) if buffer is not None else 0.0
+                capacity[l.name] = (l.param.numel() - int(kept[l.name].sum())) // l.group
+            grows = redistribute(sum(drops.values()), scores, capacity)
+        new = dict(self.masks)
+        for l in layers:
+            new[l.name] = grow_highest(self._grow_score(l), kept[l.name], grows[l.name], l.group)
+        return new
+
+    def _commit(
+        self,
+        new_masks: dict[str, torch.Tensor],
+        before: dict[str, torch.Tensor],
+        tick: int,
+        alpha: float | None,
+    ) -> None:
+        changed = total_active = 0
+        for name, layer in self.layers.items():
+            new = new_masks[name]
+            grown = new & ~before[name]
+            changed += int(grown.sum())
+            layer.param.data.mul_(new)  # dropped and (re)grown-from-inactive weights start at 0
+            if self.options.dense_gradients:
+                optim_state.reset_entries(self.optimizer, layer.param, grown)
+            else:
+                optim_state.reset_entries(self.optimizer, layer.param, ~new)
+            self.masks[name] = new
+            self.ever_active[name] |= new
+            layer.budget = int(new.sum())
+            total_active += layer.budget
+        self._refresh_sparse_layers()
+        total = sum(l.param.numel() for l in self.layers.values())
+        self.update_log.append(
+            {
+                "step": self.step_count,
+                "epoch": self.epoch_count,
+                "tick": tick,
+                "alpha": alpha,
+                "density": total_active / total,
+                "changed_fraction": changed / max(1, total_active),
+                "itop_rate": sum(int(m.sum()) for m in self.ever_active.values()) / total,
+                "layer_densities": self.layer_densities(),
+            }
+        )
+
+    # ------------------------------------------------------------------ queries
+    def density(self) -> float:
+        """Global density of the masked weights (1.0 for dense methods)."""
+        if not self.layers:
+            return 1.0
+        return sum(l.budget for l in self.layers.values()) / sum(
+            l.param.numel() for l in self.layers.values()
+        )
+
+    def layer_densities(self) -> dict[str, float]:
+        if not self.layers:
+            return {n: 1.0 for n in maskable_parameters(self.model)}
+        return {n: l.budget / l.param.numel() for n, l in self.layers.items()}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.spec.name,
+            "init": self.init,
+            "masks": {n: m.detach().cpu().clone() for n, m in self.masks.items()},
+            "ever_active": {n: m.detach().cpu().clone() for n, m in self.ever_active.items()},
+            "budgets": {n: l.budget for n, l in self.layers.items()},
+            "step": self.step_count,
+            "epoch": self.epoch_count,
+            "dense_grad_steps": self.dense_grad_steps,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("method") != self.spec.name:
+            raise CheckpointError(
+                f"sparsity state is for method {state.get('method')!r}, this run uses {self.spec.name!r}"
+            )
+        if set(state["masks"]) != set(self.masks):
+            raise CheckpointError("sparsity state masks do not match this model's masked layers")
+        for name, layer in self.layers.items():
+            mask = state["masks"][name]
+            if tuple(mask.shape) != tuple(layer.param.shape):
+                raise CheckpointError(
+                    f"mask {name} has shape {tuple(mask.shape)}, model has {tuple(layer.param.shape)}"
+                )
+            self.masks[name] = mask.to(device=layer.param.device, dtype=torch.bool)
+            self.ever_active[name] = state["ever_active"][name].to(
+                device=layer.param.device, dtype=torch.bool
+            )
+            layer.budget = int(state["budgets"][name])
+        self.step_count = int(state["step"])
+        self.epoch_count = int(state["epoch"])
+        self.dense_grad_steps = int(state.get("dense_grad_steps", 0))
+        self.generator.set_state(state["generator"])
+        self._refresh_sparse_layers()
+        self.apply_masks()
+
+
+def sparsify(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    method: str = "RigL",
+    density: float = 0.2,
+    init: str | None = None,
+    total_steps: int | None = None,
+    **options: Any,
+) -> SparsityController:
+    """Make `model` sparse-trained by `method`; returns the controller (see module docstring).
+
+    `options` are the reference config's masking fields (`prune_rate`, `interval`, `end_when`,
+    `start_when`, `apply_when`, `decay_schedule`, `growth_mode`, `prune_mode`,
+    `redistribution_mode`, `dense_gradients`, `final_density`, `lottery_mask_path`) plus
+    `steps_per_epoch`, `seed` and `attach`.
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(20, 20), torch.nn.ReLU(), torch.nn.Linear(20, 2))
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    >>> ctl = sparsify(net, opt, method="RigL", density=0.5, init="ERK", total_steps=100, interval=10)
+    >>> net(torch.randn(8, 20)).sum().backward(); ctl.step()
+    >>> round(ctl.density(), 3)
+    0.5
+    """
+    return SparsityController(model, optimizer, method, density, init, total_steps, **options)

@@ -1,0 +1,51 @@
+"""Which parameters are masked, and small helpers over bool masks.
+
+Masked: the weight of every Conv2d and Linear layer, the final classifier included. Biases and
+normalisation parameters stay dense and are not counted in the density budget (REFERENCE.md).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sparsetrain.errors import ConfigError
+
+MASKED_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def maskable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """{parameter name: weight} of every Conv2d and Linear layer, in module order."""
+    model = unwrap(model)
+    params = {
+        f"{name}.weight" if name else "weight": module.weight
+        for name, module in model.named_modules()
+        if isinstance(module, MASKED_MODULE_TYPES) and module.weight is not None
+    }
+    if not params:
+        raise ConfigError(
+            f"{type(model).__name__} has no maskable layers: sparsetrain masks the weights of "
+            "nn.Conv2d and nn.Linear modules"
+        )
+    return params
+
+
+def group_size(shape: tuple[int, ...] | torch.Size, structured: bool) -> int:
+    """Entries that switch together: a whole k×k kernel for structured conv masks, else 1."""
+    if structured and len(shape) == 4:
+        return shape[2] * shape[3]
+    return 1
+
+
+def count_active(masks: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Active entries per layer (host sync: call at updates and logging only)."""
+    return {name: int(mask.sum()) for name, mask in masks.items()}
