@@ -152,7 +152,12 @@ class SparsityController:
         optim_state.check_supported(optimizer)
         self.options = MaskingOptions.resolve(self.spec, options)
         self.density_target = 1.0 if self.spec.dense_model else check_density(density)
-        self.init = canonical_init(init or self.spec.default_init)
+        # Lottery / RigL_reinit always take their masks from the source run's checkpoint
+        self.init = (
+            "lottery"
+            if self.spec.init_from_checkpoint
+            else canonical_init(init or self.spec.default_init)
+        )
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -169,6 +174,11 @@ class SparsityController:
         self._sparse: list[_Layer] = []
         self.masks: dict[str, torch.Tensor] = {}
         self.ever_active: dict[str, torch.Tensor] = {}
+        if self.options.redistribution_mode != "none" and is_structured(self.init):
+            raise ConfigError(
+                "redistribution_mode=momentum cannot keep exact budgets with structured masks "
+                "(layers switch kernels of different sizes); use redistribution_mode=none"
+            )
         if not self.spec.dense_model:
             self._init_masks(options.get("lottery_mask_path") or self.options.lottery_mask_path)
         self._refresh_sparse_layers()
@@ -185,6 +195,14 @@ class SparsityController:
 
     def _check_schedule(self) -> None:
         opts, total = self.options, self._ticks_total()
+        if self.spec.pruning and self.options.final_density is not None:
+            check_density(self.options.final_density, "final_density")
+            if self.options.final_density > self.density_target:
+                raise ConfigError(
+                    f"final_density ({self.options.final_density}) is above the starting density "
+                    f"({self.density_target}): pruning only removes weights"
+                )
+
         unit = "steps" if opts.apply_when == "step_end" else "epochs"
         self.start = max(0, resolve_tick(opts.start_when, total, "start_when"))
         self.end = resolve_tick(opts.end_when, total, "end_when")
@@ -200,13 +218,6 @@ class SparsityController:
             raise ConfigError(
                 f"start_when ({self.start}) must be before end_when ({self.end}) {unit}"
             )
-        if self.spec.pruning and self.options.final_density is not None:
-            check_density(self.options.final_density, "final_density")
-            if self.options.final_density > self.density_target:
-                raise ConfigError(
-                    f"final_density ({self.options.final_density}) is above the starting density "
-                    f"({self.density_target}): pruning only removes weights"
-                )
 
     def _init_masks(self, lottery_path: str | None) -> None:
         params = maskable_parameters(self.model)
@@ -279,7 +290,9 @@ class SparsityController:
 
     def _refresh_sparse_layers(self) -> None:
         """Layers whose mask is not all-ones: the only ones touched on ordinary steps."""
-        self._sparse = [l for l in self.layers.values() if l.budget < l.param.numel()]
+        self._sparse = [
+            layer for layer in self.layers.values() if layer.budget < layer.param.numel()
+        ]
         if self.flops is not None:
             self.flops.on_masks_changed(self.layer_densities())
 
@@ -324,13 +337,15 @@ class SparsityController:
         self._dense_grad_now = capture or self.options.dense_gradients
         if capture:
             self._grad_scores = {
-                l.name: l.param.grad.detach().abs()
-                for l in self._dynamic()
-                if l.param.grad is not None
+                layer.name: layer.param.grad.detach().abs()
+                for layer in self._dynamic()
+                if layer.param.grad is not None
             }
         if not self.options.dense_gradients:
-            grads = [l.param.grad for l in self._sparse if l.param.grad is not None]
-            masks = [self.masks[l.name] for l in self._sparse if l.param.grad is not None]
+            grads = [layer.param.grad for layer in self._sparse if layer.param.grad is not None]
+            masks = [
+                self.masks[layer.name] for layer in self._sparse if layer.param.grad is not None
+            ]
             if grads:
                 torch._foreach_mul_(grads, masks)
 
@@ -357,7 +372,8 @@ class SparsityController:
         """Zero every masked weight in place."""
         if self._sparse:
             torch._foreach_mul_(
-                [l.param.data for l in self._sparse], [self.masks[l.name] for l in self._sparse]
+                [layer.param.data for layer in self._sparse],
+                [self.masks[layer.name] for layer in self._sparse],
             )
 
     # ------------------------------------------------------------------ updates
@@ -370,7 +386,7 @@ class SparsityController:
         return is_update_step(tick, self.start, self.end, self.options.interval)
 
     def _dynamic(self) -> list[_Layer]:
-        return [l for l in self.layers.values() if not l.frozen_dense]
+        return [layer for layer in self.layers.values() if not layer.frozen_dense]
 
     @torch.no_grad()
     def _update(self, tick: int) -> None:
@@ -390,9 +406,11 @@ class SparsityController:
             tick, self.density_target, self.options.final_density, self.start, self.end
         )
         layers = list(self.layers.values())
-        keep = round(density * sum(l.param.numel() for l in layers))
+        keep = round(density * sum(layer.param.numel() for layer in layers))
         return global_magnitude_keep(
-            {l.name: l.param for l in layers}, {l.name: self.masks[l.name] for l in layers}, keep
+            {layer.name: layer.param for layer in layers},
+            {layer.name: self.masks[layer.name] for layer in layers},
+            keep,
         )
 
     def _grow_score(self, layer: _Layer) -> torch.Tensor:
@@ -416,24 +434,30 @@ class SparsityController:
     def _drop_and_grow(self, alpha: float) -> dict[str, torch.Tensor]:
         layers = self._dynamic()
         kept, drops = {}, {}
-        for l in layers:
-            units = l.budget // l.group
-            drops[l.name] = round(alpha * units)
-            kept[l.name] = drop_lowest_magnitude(
-                l.param, self.masks[l.name], drops[l.name], l.group
+        for layer in layers:
+            units = layer.budget // layer.group
+            drops[layer.name] = round(alpha * units)
+            kept[layer.name] = drop_lowest_magnitude(
+                layer.param, self.masks[layer.name], drops[layer.name], layer.group
             )
         grows = drops
         if self.options.redistribution_mode == "momentum" and layers:
             scores, capacity = {}, {}
-            for l in layers:
-                buffer = optim_state.momentum(self.optimizer, l.param)
-                active = self.masks[l.name]
-                scores[l.name] = float(buffer[active].abs().mean()) if buffer is not None else 0.0
-                capacity[l.name] = (l.param.numel() - int(kept[l.name].sum())) // l.group
+            for layer in layers:
+                buffer = optim_state.momentum(self.optimizer, layer.param)
+                active = self.masks[layer.name]
+                scores[layer.name] = (
+                    float(buffer[active].abs().mean()) if buffer is not None else 0.0
+                )
+                capacity[layer.name] = (
+                    layer.param.numel() - int(kept[layer.name].sum())
+                ) // layer.group
             grows = redistribute(sum(drops.values()), scores, capacity)
         new = dict(self.masks)
-        for l in layers:
-            new[l.name] = grow_highest(self._grow_score(l), kept[l.name], grows[l.name], l.group)
+        for layer in layers:
+            new[layer.name] = grow_highest(
+                self._grow_score(layer), kept[layer.name], grows[layer.name], layer.group
+            )
         return new
 
     def _commit(
@@ -458,7 +482,7 @@ class SparsityController:
             layer.budget = int(new.sum())
             total_active += layer.budget
         self._refresh_sparse_layers()
-        total = sum(l.param.numel() for l in self.layers.values())
+        total = sum(layer.param.numel() for layer in self.layers.values())
         self.update_log.append(
             {
                 "step": self.step_count,
@@ -477,14 +501,14 @@ class SparsityController:
         """Global density of the masked weights (1.0 for dense methods)."""
         if not self.layers:
             return 1.0
-        return sum(l.budget for l in self.layers.values()) / sum(
-            l.param.numel() for l in self.layers.values()
+        return sum(layer.budget for layer in self.layers.values()) / sum(
+            layer.param.numel() for layer in self.layers.values()
         )
 
     def layer_densities(self) -> dict[str, float]:
         if not self.layers:
             return {n: 1.0 for n in maskable_parameters(self.model)}
-        return {n: l.budget / l.param.numel() for n, l in self.layers.items()}
+        return {n: layer.budget / layer.param.numel() for n, layer in self.layers.items()}
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -493,7 +517,7 @@ class SparsityController:
             "init": self.init,
             "masks": {n: m.detach().cpu().clone() for n, m in self.masks.items()},
             "ever_active": {n: m.detach().cpu().clone() for n, m in self.ever_active.items()},
-            "budgets": {n: l.budget for n, l in self.layers.items()},
+            "budgets": {n: layer.budget for n, layer in self.layers.items()},
             "step": self.step_count,
             "epoch": self.epoch_count,
             "dense_grad_steps": self.dense_grad_steps,
