@@ -1,8 +1,10 @@
 """sparsetrain: dynamic sparse training for PyTorch.
 
-    ctl = sparsetrain.sparsify(model, optimizer, method="RigL", density=0.2, init="ERK",
-                               total_steps=T)
-    loss.backward(); ctl.step()
+Three lines turn any training loop into a sparse one::
+
+    ctl = sparsetrain.sparsify(model, optimizer, method="RigL", density=0.2, init="ERK", total_steps=T)
+    loss.backward()
+    ctl.step()
 """
 
 from sparsetrain.controller import MaskingOptions, SparsityController, sparsify

@@ -82,9 +82,9 @@ def _float_targets(
     budget = density * total
     dense: set[str] = set()
     names = list(layers)
-    if first_dense and kind == "uniform" and layers[names[0]].is_conv:
-        if layers[names[0]].numel < budget:
-            dense.add(names[0])
+    first = layers[names[0]]
+    if first_dense and kind == "uniform" and first.is_conv and first.numel < budget:
+        dense.add(names[0])
     while True:
         dense_count = sum(layers[n].numel for n in dense)
         raw = {n: _raw_score(layers[n], kind) * layers[n].numel for n in names if n not in dense}

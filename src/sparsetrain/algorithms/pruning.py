@@ -22,7 +22,7 @@ def global_magnitude_keep(
     # reserve each layer's largest active weight, then fill the rest globally
     reserved = torch.zeros_like(flat_active)
     offset = 0
-    for n, size in zip(names, sizes):
+    for size in sizes:
         scores = flat_scores[offset : offset + size].masked_fill(
             ~flat_active[offset : offset + size], -1
         )
