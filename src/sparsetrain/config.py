@@ -16,6 +16,8 @@ from omegaconf import MISSING, OmegaConf
 
 @dataclass
 class DatasetConfig:
+    """`dataset=<NAME>`: which data set, where its files are, batch sizes and split."""
+
     name: str = MISSING
     root: str = "datasets/${dataset.name}"
     batch_size: int = 128
@@ -28,6 +30,8 @@ class DatasetConfig:
 
 @dataclass
 class OptimizerConfig:
+    """`optimizer=SGD|Adam`: optimizer, epochs and the learning-rate schedule (steps are optimizer steps)."""
+
     name: str = "SGD"
     epochs: int = 100
     lr: float = 0.1
@@ -45,6 +49,8 @@ class OptimizerConfig:
 
 @dataclass
 class MaskingConfig:
+    """`masking=<Method>`: the sparse-training method and its options (reference field names)."""
+
     name: str = "RigL"
     density: float = 0.2
     sparse_init: str = "erdos-renyi-kernel"
@@ -57,7 +63,9 @@ class MaskingConfig:
     decay_schedule: str = "cosine"
     apply_when: str = "step_end"
     start_when: float = 0
-    end_when: float = 0.75  # steps (epochs under epoch_end); a float in (0, 1) = fraction of training
+    end_when: float = (
+        0.75  # steps (epochs under epoch_end); a float in (0, 1) = fraction of training
+    )
     interval: int = 100
     final_density: float | None = None
     init_exp_name: str | None = None
@@ -68,6 +76,8 @@ class MaskingConfig:
 
 @dataclass
 class WandbConfig:
+    """Weights & Biases logging (off by default; offline when there is no key or network)."""
+
     use: bool = False
     api_key: str = "wandb_api.key"
     entity: str | None = None
@@ -77,6 +87,8 @@ class WandbConfig:
 
 @dataclass
 class Config:
+    """The whole run: groups above plus seeds, model, device, logging and checkpointing."""
+
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)

@@ -23,6 +23,8 @@ class Registry(Generic[T]):
         self._aliases: dict[str, str] = {}
 
     def register(self, name: str, *aliases: str) -> Callable[[T], T]:
+        """Decorator form of `add`: `@REGISTRY.register("name", "alias")`."""
+
         def decorator(obj: T) -> T:
             self.add(name, obj, *aliases)
             return obj
@@ -30,6 +32,7 @@ class Registry(Generic[T]):
         return decorator
 
     def add(self, name: str, obj: T, *aliases: str) -> None:
+        """Register `obj` under `name` and `aliases`; registering a name twice is a bug."""
         if name in self._items or name in self._aliases:
             raise ValueError(f"{self.kind} {name!r} registered twice")
         self._items[name] = obj
@@ -37,6 +40,7 @@ class Registry(Generic[T]):
             self._aliases[alias] = name
 
     def canonical(self, name: str) -> str:
+        """The registered name for `name` or an alias of it; unknown → `ConfigError`."""
         if name in self._items:
             return name
         if name in self._aliases:
@@ -44,9 +48,11 @@ class Registry(Generic[T]):
         raise ConfigError(choices_message(self.kind, name, self.names(with_aliases=True)))
 
     def get(self, name: str) -> T:
+        """The object registered under `name` (or an alias)."""
         return self._items[self.canonical(name)]
 
     def names(self, with_aliases: bool = False) -> list[str]:
+        """Canonical names in registration order (plus aliases if asked)."""
         names = list(self._items)
         return names + list(self._aliases) if with_aliases else names
 
