@@ -11,6 +11,11 @@ stderr and exits with 2 (bad input) or 1 (failure while running); no traceback u
 `HYDRA_FULL_ERROR=1`. Bad input overwrites nothing: the config (and any checkpoint to resume)
 is validated before the run directory's `.hydra/` is written (we ask Hydra not to write it
 itself and write the same three files after validation).
+
+Distributed: `torchrun --standalone --nproc_per_node=N -m sparsetrain <overrides>` (or any
+launcher that sets RANK/WORLD_SIZE, or SLURM / submitit with several tasks per job) runs the
+same command on N ranks; the trainer joins the process group (`sparsetrain.distributed`), rank 0
+alone writes `.hydra/` and the results, and the group is torn down when the command ends.
 """
 
 from __future__ import annotations
@@ -157,8 +162,10 @@ def _save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
     """Write `.hydra/{config,hydra,overrides}.yaml` as Hydra would (after validation)."""
     from hydra.core.hydra_config import HydraConfig
 
+    from sparsetrain import distributed
+
     subdir = os.environ.get(_WRITE_HYDRA_DIR)
-    if not subdir:
+    if not subdir or not distributed.is_main():
         return
     hydra_cfg = OmegaConf.create(OmegaConf.to_container(HydraConfig.instance().cfg))
     hydra_cfg.hydra.output_subdir = subdir
@@ -277,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         code = _report(exc)
     finally:
+        from sparsetrain import distributed
+
+        distributed.teardown()  # if the run joined a process group
         sys.argv = saved_argv
         for key, value in saved_env.items():
             if value is None:

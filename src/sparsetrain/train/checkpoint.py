@@ -22,6 +22,11 @@ numbers, strings, lists and dicts only — no pickled code runs on load)::
 
 Files: `<ckpt_dir>/last.pt` (always the latest) and `<ckpt_dir>/epoch_<N>.pth` (reference
 name, every `ckpt_interval` epochs and at the end; the newest `keep_last_ckpts` are kept).
+
+Distributed: rank 0 alone writes (`CheckpointManager(enabled=...)`; the others wait at a
+barrier until the file is in place). On resume every rank loads the file rank 0 chose, with
+`map_location="cpu"` — never onto the GPU it was saved from — and `load_state_dict` copies it
+into the rank's own device; the controller's generator state must stay a CPU tensor anyway.
 """
 
 from __future__ import annotations

@@ -5,6 +5,17 @@ micro-batches forward/backward, `controller.step()` (optimizer step + masks + ma
 zero the gradients. Loss and accuracy stay on the device in a small window buffer; the host
 reads them only every `log_interval` steps, at epoch ends and before checkpoints.
 
+The gradient of a step is the mean over all the examples of its micro-batches on all ranks:
+micro-batch i on a rank contributes `loss_i * n_i / N` (n_i its examples, N the step's global
+count, known from the loader without communication), times the world size because DDP averages
+over ranks. So 2 ranks x b/2, or accumulation 2 x b/2, give the gradient of one batch b, also
+for a short last batch. Under DDP (`model` is DistributedDataParallel) the all-reduce runs only
+on the last micro-batch (`no_sync`); the controller's pre-step hook then sees the all-reduced
+gradient on every rank. Logged loss/accuracy are over the global batch (the window is summed
+over ranks when it is read), evaluation is sharded by whole batches and summed, so every rank
+holds the single-process numbers. Checks that decide control flow (non-finite loss, a stop
+signal) are agreed by all ranks, so they always take the same branch at the same step.
+
 Non-finite loss (`on_nonfinite_loss`):
 * `stop` (default): no per-step host sync. Each step's loss goes into the device-side window;
   when the window is read (every `log_interval` steps, at epoch end, and *before every
@@ -33,7 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsetrain import distributed
 from sparsetrain.errors import SparsetrainError, TrainingDiverged
+from sparsetrain.masks import unwrap
 
 
 class TrainingInterrupted(SparsetrainError):
@@ -104,10 +117,14 @@ class _Window:
         self.n += 1
         self.examples += examples
 
-    def read(self) -> tuple[float, float, int | None] | None:
-        """(mean loss, accuracy, first non-finite step or None); resets. One host sync."""
+    def read(self, reduce: Callable[[torch.Tensor], Any] | None = None) -> Any:
+        """(mean loss, accuracy, first non-finite step or None), or None if empty; resets.
+        One host sync. `reduce` sums the per-step entries over ranks (in place) first."""
         if self.n == 0:
             return None
+        if reduce is not None:
+            reduce(self.loss[: self.n])
+            reduce(self.correct[: self.n])
         losses = self.loss[: self.n].tolist()
         correct = int(self.correct[: self.n].sum())
         bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
@@ -146,20 +163,43 @@ class GracefulStop:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over `loader`; one host sync at the end."""
+    """(mean cross-entropy, accuracy) over `loader`; one host sync at the end.
+
+    Under torch.distributed every rank of the group must call it (with the same weights): the
+    batches are dealt round-robin to the ranks (each batch whole, so every example's logits
+    are computed exactly as in one process), per-batch sums are summed over ranks and added
+    with `math.fsum`, and every rank returns the single-process result, bit for bit."""
+    model = unwrap(model)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
+    rank, world = distributed.rank(), distributed.group_size()
+    rank = rank if world > 1 else 0
+    n_batches = len(loader)
+    loss_sums = torch.zeros(n_batches, device=device, dtype=torch.float64)
+    correct = torch.zeros(n_batches, device=device, dtype=torch.int64)
     n = 0
-    for x, y in loader.epoch(0):
-        out = model(x)
-        loss_sum += F.cross_entropy(out, y, reduction="sum")
-        correct += (out.argmax(1) == y).sum()
+    for b, (x, y) in enumerate(loader.epoch(0)):
         n += y.shape[0]
+        if b % world != rank:
+            continue
+        out = model(x)
+        loss_sums[b] = F.cross_entropy(out, y, reduction="sum")
+        correct[b] = (out.argmax(1) == y).sum()
     model.train(was_training)
-    return float(loss_sum) / max(1, n), int(correct) / max(1, n)
+    if world > 1:
+        distributed.all_reduce_sum_(loss_sums)
+        distributed.all_reduce_sum_(correct)
+    return math.fsum(loss_sums.tolist()) / max(1, n), int(correct.sum()) / max(1, n)
+
+
+def _global_sizes(loader: Any, first: int, count: int) -> list[int] | None:
+    """Examples in global batches first..first+count-1 of an epoch (all ranks together), from
+    the loader's batch size and length; None for loaders that do not say."""
+    bs, n = getattr(loader, "batch_size", None), getattr(loader, "num_examples", None)
+    if not isinstance(bs, int) or not isinstance(n, int):
+        return None
+    return [max(0, min(bs, n - b * bs)) for b in range(first, first + count)]
 
 
 def _no_sync(model: nn.Module, last_micro_batch: bool) -> Any:
@@ -207,6 +247,9 @@ def train(setup: TrainSetup, state: TrainState) -> TrainState:
     n_batches = len(setup.train_loader)
     accum = max(1, setup.accumulation)
     skip_nonfinite = setup.on_nonfinite_loss == "skip"
+    # DDP (a model with `no_sync`) averages gradients over the ranks of the process group
+    world = distributed.group_size() if hasattr(model, "no_sync") else 1
+    reduce = distributed.all_reduce_sum_ if world > 1 else None
     window = _Window(max(1, min(setup.log_interval, n_batches)), device)
     started, wall_base = time.perf_counter(), state.wall_seconds
     saved_step = state.step or None  # a resumed run starts from a checkpoint of this step
@@ -216,7 +259,7 @@ def train(setup: TrainSetup, state: TrainState) -> TrainState:
 
     def flush(bar: Any = None) -> dict[str, Any] | None:
         """Read the device window (one sync); log a `train` line; raise on a non-finite loss."""
-        read = window.read()
+        read = window.read(reduce)
         if read is None:
             return None
         loss, acc, first_bad = read
@@ -244,6 +287,8 @@ def train(setup: TrainSetup, state: TrainState) -> TrainState:
         a long run's memory flat; the file is the record)."""
         entries = list(ctl.update_log)
         del ctl.update_log[:]
+        if entries and world > 1:  # identical by construction; verified (host work, at updates)
+            distributed.check_identical("masks", ctl.masks, state.step)
         for entry in entries:
             writer.log("mask_update", **{**entry, "step": state.step, "epoch": state.epoch})
             if wandb is not None:
@@ -253,17 +298,26 @@ def train(setup: TrainSetup, state: TrainState) -> TrainState:
         nonlocal saved_step
         flush()  # never checkpoint a diverged model
         state.wall_seconds = elapsed()
-        path = setup.save_checkpoint(state, epoch_file)
+        path = setup.save_checkpoint(state, epoch_file)  # rank 0 writes, the others wait
+        if world > 1:
+            distributed.barrier()
         saved_step = state.step
         return path
 
+    def stop_requested(stop: GracefulStop) -> bool:
+        """A signal arrived (on any rank: all ranks then stop at this same step)."""
+        asked = stop.signum is not None
+        return distributed.any_flag(asked) if world > 1 else asked
+
     def interrupted(stop: GracefulStop) -> TrainingInterrupted:
         path = checkpoint()
-        name = signal.Signals(stop.signum).name
+        signum = stop.signum or signal.SIGTERM  # another rank got it
+        name = signal.Signals(signum).name
         return TrainingInterrupted(
             f"interrupted by {name} at step {state.step} (epoch {state.epoch + 1}); "
-            f"checkpoint saved to {path}; rerun the same command to resume",
-            stop.signum,
+            f"checkpoint saved {f'to {path}' if path else 'by rank 0'}; rerun the same command "
+            "to resume",
+            signum,
         )
 
     model.train()
@@ -273,24 +327,37 @@ def train(setup: TrainSetup, state: TrainState) -> TrainState:
             batches = setup.train_loader.epoch(0 if setup.fixed_shuffle else epoch, state.batch)
             with _epoch_bar(setup, epoch, state.batch) as bar:
                 while state.batch < n_batches:
-                    # ---- one optimizer step over `group` micro-batches
+                    # ---- one optimizer step over `group` micro-batches (this rank's shards)
                     group = min(accum, n_batches - state.batch)
+                    sizes = _global_sizes(setup.train_loader, state.batch, group)
+                    total = sum(sizes) if sizes else None  # the step's examples, all ranks
                     setup.schedule.apply(optimizer, state.step)
                     step_loss = torch.zeros((), device=device)
                     step_correct = torch.zeros((), device=device, dtype=torch.int64)
                     examples = 0
                     for i in range(group):
                         x, y = next(batches)
+                        n = y.shape[0]
+                        share = n / total if total else 1 / (group * world)  # of the step
                         with _no_sync(model, last_micro_batch=i == group - 1):
                             out = model(x)
-                            loss = F.cross_entropy(out, y, label_smoothing=setup.label_smoothing)
-                            (loss / group).backward()
-                        step_loss += loss.detach() / group
+                            if n:
+                                loss = F.cross_entropy(
+                                    out, y, label_smoothing=setup.label_smoothing
+                                )
+                            else:  # empty shard of a short last batch: still joins the all-reduce
+                                loss = out.sum() * 0.0
+                            (loss * (share * world)).backward()  # DDP divides by world
+                        step_loss += loss.detach() * share
                         step_correct += (out.detach().argmax(1) == y).sum()
-                        examples += y.shape[0]
+                        examples += n
                     state.batch += group
+                    examples = total if total is not None else examples * world
 
-                    stepped = not (skip_nonfinite and not bool(torch.isfinite(step_loss)))
+                    finite = step_loss
+                    if skip_nonfinite and reduce is not None:  # every rank must agree
+                        finite = reduce(step_loss.clone())
+                    stepped = not (skip_nonfinite and not bool(torch.isfinite(finite)))
                     if stepped:
                         window.add(state.step + 1, step_loss, step_correct, examples)
                         try:
@@ -313,7 +380,7 @@ def train(setup: TrainSetup, state: TrainState) -> TrainState:
                     every = setup.ckpt_every_steps
                     if stepped and every and state.step % every == 0 and state.batch < n_batches:
                         checkpoint()  # (at an epoch's end the epoch-end logic decides)
-                    if stop.signum is not None:
+                    if stop_requested(stop):
                         raise interrupted(stop)
                 flush(bar)
 
@@ -328,7 +395,7 @@ def train(setup: TrainSetup, state: TrainState) -> TrainState:
             periodic = setup.ckpt_interval > 0 and state.epoch % setup.ckpt_interval == 0
             if periodic or last:
                 checkpoint(epoch_file=state.epoch)
-            if stop.signum is not None and not last:
+            if not last and stop_requested(stop):
                 raise interrupted(stop)
     state.wall_seconds = elapsed()
     return state
@@ -336,6 +403,7 @@ def train(setup: TrainSetup, state: TrainState) -> TrainState:
 
 def _evaluate_and_log(setup: TrainSetup, state: TrainState, wall: float) -> dict[str, Any]:
     val_loss = val_acc = None
+    distributed.broadcast_buffers(unwrap(setup.model))  # BN statistics: rank 0's, as saved
     if setup.val_loader is not None:
         val_loss, val_acc = evaluate(setup.model, setup.val_loader)
     test_loss, test_acc = evaluate(setup.model, setup.test_loader)

@@ -8,6 +8,14 @@ and summarised) → `loop.train` → `summary.json` + a rich table.
 `training_multiplier` k (the reference's RigL_2x): epochs × k, `decay_frequency` × k, and
 `masking.end_when` × k when it is an absolute count (a fraction already scales with training).
 `warmup_steps`, `start_when` and `interval` are not scaled (as in the reference).
+
+Distributed (torchrun, or SLURM / submitit with several tasks; `sparsetrain.distributed`): every
+rank runs `run` with the same config. The process group is joined first (NCCL on CUDA, each rank
+on its own GPU; Gloo on CPU); `dataset.batch_size` is the global batch, each rank takes its
+contiguous 1/world_size of every batch (it must divide evenly); rank 0 picks the checkpoint to
+resume from and every rank loads that same file (on CPU, then into its own device); the model
+is wrapped in DistributedDataParallel after the masks and any checkpoint are in place. Rank 0
+alone writes metrics, checkpoints, the summary, `.hydra/` and W&B, and prints.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import sparsetrain
+from sparsetrain import distributed
 from sparsetrain.errors import CheckpointError, ConfigError, TrainingDiverged, choices_message
 from sparsetrain.train import checkpoint as ckpt_io
 from sparsetrain.train.loop import TrainSetup, TrainState, evaluate, train
@@ -68,14 +77,6 @@ class Plan:
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
-
-
-def _distributed() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def masking_options(cfg: DictConfig, multiplier: int) -> dict[str, Any]:
@@ -188,6 +189,13 @@ def validate(cfg: DictConfig) -> Plan:
         d.test_batch_size >= 1, f"dataset.test_batch_size must be >= 1, got {d.test_batch_size}"
     )
     _require(d.max_threads >= 1, f"dataset.max_threads must be >= 1, got {d.max_threads}")
+    world = distributed.world_size()
+    _require(
+        d.batch_size % world == 0,
+        f"dataset.batch_size={d.batch_size} is the global batch and must be divisible by the "
+        f"number of processes ({world}): each rank takes batch_size/{world} examples; use e.g. "
+        f"dataset.batch_size={max(world, d.batch_size // world * world)}",
+    )
     _require(
         0 <= d.validation_split < 1,
         f"dataset.validation_split must be in [0, 1), got {d.validation_split}",
@@ -376,20 +384,35 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
 
     plan = validate(cfg)
     run_dir = Path(run_dir)
-    rank, world = _distributed()
+    dist_env = distributed.init(resolve_device(cfg.device))  # no-op in a single process
+    rank, world, device = dist_env.rank, dist_env.world_size, dist_env.device
     main_rank = rank == 0
+    error = None
     if main_rank:
-        check_writable(run_dir)
-    device = resolve_device(cfg.device)
+        try:
+            check_writable(run_dir)
+        except ConfigError as exc:
+            error = exc
+    distributed.agree(error, "to write the run directory")  # raises on every rank, or none
     torch.set_num_threads(int(cfg.dataset.max_threads))
     seed_everything(int(cfg.seed), device)
     console = _console(cfg) if main_rank else None
 
-    # ---- data
+    # ---- data (a node's first rank fetches / unpacks it; the node's other ranks then read it)
     info = plan.info
-    splits = load_splits(
-        info.name, cfg.dataset.root, cfg.dataset.validation_split, split_seed=0, device=device
-    )
+    first_on_node, error = dist_env.local_rank == 0, None
+    if not first_on_node:
+        distributed.agree(None, "to load the data")  # wait for the node's first rank
+    try:
+        splits = load_splits(
+            info.name, cfg.dataset.root, cfg.dataset.validation_split, split_seed=0, device=device
+        )
+    except Exception as exc:
+        error = exc
+    if first_on_node:
+        distributed.agree(error, "to load the data")
+    elif error is not None:
+        raise error
     augment = info.augment if cfg.dataset.get("augment", True) else None
     bs, tbs = int(cfg.dataset.batch_size), int(cfg.dataset.test_batch_size)
     train_loader = Loader(
@@ -446,13 +469,21 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     items = ckpt_io.config_items(cfg)
     state = TrainState()
     path = ckpt_io.latest(ckpts.dir) if cfg.resume else None
+    path = distributed.broadcast_object(path, src=0)  # every rank resumes from rank 0's choice
+    ckpt, error = None, None
     if path is not None:
-        ckpt = ckpt_io.load(path)
+        try:  # the same file on every rank; a rank that cannot read it stops all of them
+            ckpt = ckpt_io.load(path)
+            if "config_hash" in ckpt:
+                ckpt_io.check_config(ckpt, path, items)
+                state, init_model = _restore(ckpt, path, unwrap(model), optimizer, ctl, accountant)
+        except Exception as exc:
+            error = exc
+        distributed.agree(error, f"to resume from {path}")
+    if ckpt is not None:
         if "config_hash" not in ckpt:  # a reference system's checkpoint: evaluate it only
             return _evaluate_foreign(cfg, plan, ckpt, path, unwrap(model), ctl, accountant, val_loader,
                                      test_loader, writer, console)  # fmt: skip
-        ckpt_io.check_config(ckpt, path, items)
-        state, init_model = _restore(ckpt, path, unwrap(model), optimizer, ctl, accountant)
         if console is not None:
             what = (
                 "finished run: evaluating" if state.finished else f"resuming at step {state.step}"
@@ -462,6 +493,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         writer.truncate_after(state.step)  # lines after the checkpoint will be logged again
     elif main_rank:
         _fresh_start(writer, ckpts)
+    # DDP last: it broadcasts rank 0's weights and buffers (equal on every rank already: same
+    # seed, same masks, same checkpoint) and all-reduces gradients from here on
+    train_model = distributed.wrap(model, device)
 
     def save_checkpoint(st: TrainState, epoch_file: int | None) -> Path | None:
         payload = {
@@ -486,7 +520,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
 
     wandb = WandbLogger.create(cfg, run_dir, enabled=main_rank)
     setup = TrainSetup(
-        model=model,
+        model=train_model,
         optimizer=optimizer,
         controller=ctl,
         schedule=schedule,
