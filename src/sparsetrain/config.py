@@ -72,6 +72,7 @@ class MaskingConfig:
     override_dir: str | None = None
     lottery_mask_path: str | None = None
     print_FLOPs: bool = True
+    sparse_kernels: bool = False  # (ours) train sparse-enough Linear layers on CSR kernels
 
 
 @dataclass

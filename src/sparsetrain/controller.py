@@ -6,13 +6,18 @@
 
 The controller attaches to the optimizer with `register_step_pre_hook` / `register_step_post_hook`,
 so a loop that keeps calling `optimizer.step()` (or `GradScaler.step(optimizer)`, or Lightning)
-is sparsified too; a step skipped by AMP skips the mask work. Per ordinary step it does two
-in-place multiplies per sparse layer (gradient before the step, weight after) and no host sync.
-Mask updates (host work allowed) happen every `interval` steps (`apply_when=step_end`) or
-epochs (`apply_when=epoch_end`, via `end_epoch()`) while `start_when <= t < end_when`.
+is sparsified too; a step skipped by AMP skips the mask work. Per ordinary step it does one
+batched in-place multiply of the gradients by the masks and no host sync; the weights need no
+re-masking after SGD / Adam / AdamW steps (see `_remask_after_step`), other optimizers and
+dense-gradient methods get a second multiply. Mask updates (host work allowed) happen every
+`interval` steps (`apply_when=step_end`) or epochs (`apply_when=epoch_end`, via `end_epoch()`)
+while `start_when <= t < end_when`; they work on the indices of the active weights, so their
+cost grows with the active weights plus one pass over each layer's grow scores.
+
+Performance is measured by `make bench` (benchmarks/results.md).
 
 Determinism: masks are drawn from the controller's own `torch.Generator` (seeded, CPU), random
-grow scores come from the same generator, and selection ties go to the lower flat index, so the
+grows draw from the same generator, and selection ties go to the lower flat index, so the
 same seed gives the same masks on any number of ranks (DDP all-reduces gradients before the
 optimizer step, so gradient and momentum scores are identical on every rank too).
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import types
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -28,7 +34,12 @@ import torch
 from torch import nn
 
 from sparsetrain import optim_state
-from sparsetrain.algorithms.dst import drop_lowest_magnitude, grow_highest, redistribute
+from sparsetrain.algorithms.dst import (
+    drop_lowest,
+    grow_highest_units,
+    grow_random_units,
+    redistribute,
+)
 from sparsetrain.algorithms.pruning import global_magnitude_keep
 from sparsetrain.algorithms.registry import METHODS, MethodSpec
 from sparsetrain.distributions import (
@@ -40,6 +51,7 @@ from sparsetrain.distributions import (
 )
 from sparsetrain.errors import CheckpointError, ConfigError, choices_message
 from sparsetrain.masks import group_size, maskable_parameters, unwrap
+from sparsetrain.ops import CSRPattern, csr_linear, expand_groups, group_scores
 from sparsetrain.schedules import (
     DECAY_SCHEDULES,
     is_update_step,
@@ -53,6 +65,10 @@ PRUNE_MODES = ("magnitude", "global-magnitude")
 REDISTRIBUTION_MODES = ("none", "momentum")
 APPLY_WHEN = ("step_end", "epoch_end")
 #: reference config keys accepted (and ignored here) so a masking config can be passed whole
+#: `sparse_kernels=True`: a Linear layer trains on CSR kernels at or below this density when it
+#: has at least CSR_MIN_NUMEL weights (measured break-even ~0.15 on CPU; benchmarks/results.md)
+CSR_MAX_DENSITY = 0.1
+CSR_MIN_NUMEL = 1 << 16
 PASSIVE_KEYS = (
     "name",
     "density",
@@ -80,9 +96,15 @@ class MaskingOptions:
     dense_gradients: bool = False
     final_density: float | None = None
     lottery_mask_path: str | None = None
+    sparse_kernels: bool = False  # (ours) Linear layers at density <= CSR_MAX_DENSITY on CSR
 
     @classmethod
     def resolve(cls, spec: MethodSpec, options: dict[str, Any]) -> MaskingOptions:
+        """The method's defaults overridden by `options` (None values ignored), validated.
+
+        Unknown keys raise `ConfigError` listing the valid ones; the reference config's
+        passive keys (`name`, `density`, `sparse_init`, ...) are accepted and ignored.
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - known - set(PASSIVE_KEYS))
         if unknown:
@@ -96,6 +118,7 @@ class MaskingOptions:
         return opts
 
     def validate(self, spec: MethodSpec) -> None:
+        """Raise `ConfigError` naming the valid choices for any out-of-range option."""
         for value, name, valid in (
             (self.growth_mode, "growth_mode", GROWTH_MODES),
             (self.prune_mode, "prune_mode", PRUNE_MODES),
@@ -115,6 +138,23 @@ class MaskingOptions:
             raise ConfigError("Pruning needs final_density (the density training ends at)")
 
 
+def _units_view(tensor: torch.Tensor, group: int) -> torch.Tensor:
+    """One row per unit (a k×k kernel when structured), or flat: index along dim 0."""
+    return tensor.view(-1) if group == 1 else tensor.view(-1, group)
+
+
+def _before_ever(ever_units: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Whether each indexed unit was ever active (first entry of its row when structured)."""
+    picked = ever_units.index_select(0, index)
+    return picked if picked.dim() == 1 else picked[:, 0]
+
+
+def _as_factor(mask: torch.Tensor) -> torch.Tensor:
+    """A bool mask as a 0/1 multiplier: the same bytes viewed as uint8. `x.mul_(bool)` takes a
+    slow dtype-conversion path on CPU; `x.mul_(uint8)` is vectorised (~5x faster), same result."""
+    return mask.view(torch.uint8)
+
+
 @dataclass
 class _Layer:
     """Book-keeping for one masked weight."""
@@ -127,7 +167,24 @@ class _Layer:
 
 
 class SparsityController:
-    """Owns masks, step counters, schedule position and RNG; `state_dict()` round-trips them."""
+    """Owns masks, step counters, schedule position and RNG; `state_dict()` round-trips them.
+
+    Usually built by `sparsify`. The state is plain tensors and numbers (checkpoint-safe with
+    `torch.load(..., weights_only=True)`) and restores masks, counters and RNG exactly.
+
+    Examples:
+        >>> import torch
+        >>> def make(seed):
+        ...     net = torch.nn.Linear(10, 10)
+        ...     opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        ...     return SparsityController(net, opt, "RigL", 0.3, "random", total_steps=10, seed=seed)
+        >>> a, b = make(seed=0), make(seed=1)
+        >>> int(a.masks["weight"].sum()), torch.equal(a.masks["weight"], b.masks["weight"])
+        (30, False)
+        >>> b.load_state_dict(a.state_dict())
+        >>> torch.equal(a.masks["weight"], b.masks["weight"])
+        True
+    """
 
     def __init__(
         self,
@@ -169,6 +226,10 @@ class SparsityController:
         self._grad_scores: dict[str, torch.Tensor] = {}
         self._dense_grad_now = False
         self._hooks: list[Any] = []
+        self._csr: dict[str, tuple[nn.Linear, torch.Tensor, CSRPattern]] = {}
+        # caches, rebuilt from the masks whenever those are replaced wholesale:
+        self._active: dict[str, torch.Tensor] = {}  # flat indices of active units, any order
+        self._ever_count: dict[str, int] = {}  # active entries of ever_active
         self._check_schedule()
         self.layers: dict[str, _Layer] = {}
         self._sparse: list[_Layer] = []
@@ -246,8 +307,7 @@ class SparsityController:
             self.layers[name] = _Layer(name, p, group, budget, frozen_dense=budget == p.numel())
             self.masks[name] = masks[name]
             self.ever_active[name] = masks[name].clone()
-        self._refresh_sparse_layers()
-        self.apply_masks()
+        self._masks_replaced()
 
     def _load_lottery(
         self, path: str | None, params: dict[str, nn.Parameter]
@@ -288,24 +348,98 @@ class SparsityController:
             self.model.load_state_dict(init_weights)
         return {n: masks[n].to(device=p.device, dtype=torch.bool) for n, p in params.items()}
 
+    def _masks_replaced(self) -> None:
+        """After masks are set wholesale (init, resume, pruning): re-establish the invariant
+        the step path relies on — masked weights are 0 and, unless gradients are dense, so is
+        their optimizer state — and drop the caches derived from the masks."""
+        self._active.clear()
+        self._ever_count.clear()
+        self._refresh_sparse_layers()
+        self.apply_masks()
+        if not self.options.dense_gradients:
+            for layer in self._sparse:
+                optim_state.keep_entries(self.optimizer, layer.param, self.masks[layer.name])
+
+    @property
+    def _remask_after_step(self) -> bool:
+        """Whether weights need re-masking after each optimizer step.
+
+        Not with masked gradients and SGD / Adam / AdamW: a weight that is 0, with gradient 0
+        and optimizer state 0 (kept so by `_masks_replaced` and the updates), stays exactly 0
+        through their step, weight decay and momentum included. Dense-gradient methods (SNFS)
+        and other optimizer types (subclasses may change the step) re-mask every step."""
+        return self.options.dense_gradients or type(self.optimizer) not in optim_state.STATE_KEYS
+
     def _refresh_sparse_layers(self) -> None:
         """Layers whose mask is not all-ones: the only ones touched on ordinary steps."""
         self._sparse = [
             layer for layer in self.layers.values() if layer.budget < layer.param.numel()
         ]
+        if self.options.sparse_kernels:
+            self._refresh_csr()
         if self.flops is not None:
             self.flops.on_masks_changed(self.layer_densities())
+
+    def _refresh_csr(self) -> None:
+        """`sparse_kernels`: route sparse-enough Linear layers through `csr_linear`, with a CSR
+        pattern rebuilt whenever the layer's mask changed (host work, at updates only)."""
+        linears = {
+            f"{n}.weight": m for n, m in self.model.named_modules() if isinstance(m, nn.Linear)
+        }
+        for name, layer in self.layers.items():
+            module = linears.get(name)
+            if module is None:
+                continue
+            numel = layer.param.numel()
+            if layer.budget <= CSR_MAX_DENSITY * numel and numel >= CSR_MIN_NUMEL:
+                mask = self.masks[name]
+                if name not in self._csr or self._csr[name][1] is not mask:
+                    self._csr[name] = (module, mask, CSRPattern(mask))
+                # an instance attribute shadows Linear.forward for this module only; bound to
+                # the module, so a deep copy of the model computes with the copy's weights
+                module.forward = types.MethodType(
+                    lambda mod, x, _name=name: self._csr_forward(mod, _name, x), module
+                )
+            elif name in self._csr:
+                del self._csr[name]
+                del module.forward  # back to Linear.forward
+
+    def _csr_forward(self, module: nn.Linear, name: str, x: torch.Tensor) -> torch.Tensor:
+        pattern = self._csr[name][2]
+        if x.dtype != module.weight.dtype:  # e.g. under autocast: the dense kernel
+            return nn.functional.linear(x, module.weight, module.bias)
+        # the gradient of this forward is used at step count + 1: dense if that step needs it
+        dense_grad = self.options.dense_gradients or self._needs_grad_scores(self.step_count + 1)
+        return csr_linear(x, module.weight, module.bias, pattern, dense_grad)
 
     # ------------------------------------------------------------------ hooks
     def attach(self) -> None:
         """Ride on the optimizer: mask gradients before its step, weights and updates after."""
         if not self._hooks:
             self._hooks = [
-                self.optimizer.register_step_pre_hook(lambda *_: self._before_step()),
+                self.optimizer.register_step_pre_hook(self._pre_step_hook),
                 self.optimizer.register_step_post_hook(lambda *_: self._after_step()),
             ]
 
+    def _pre_step_hook(self, optimizer: Any, args: tuple, kwargs: dict) -> Any:
+        """Mask gradients before the optimizer uses them. With `optimizer.step(closure)` (as
+        Lightning calls it) backward runs inside the step, so the masking runs right after
+        the closure instead of now, when the gradients are still the previous step's."""
+        # `args` starts with the optimizer itself (torch passes the wrapped method's arguments)
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self._before_step()
+            return None
+
+        def closure_then_mask() -> Any:
+            loss = closure()
+            self._before_step()
+            return loss
+
+        return args[:1], {**kwargs, "closure": closure_then_mask}
+
     def detach(self) -> None:
+        """Remove the optimizer hooks; `step()` then does the masking work itself."""
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
@@ -342,15 +476,16 @@ class SparsityController:
                 if layer.param.grad is not None
             }
         if not self.options.dense_gradients:
-            grads = [layer.param.grad for layer in self._sparse if layer.param.grad is not None]
-            masks = [
-                self.masks[layer.name] for layer in self._sparse if layer.param.grad is not None
-            ]
-            if grads:
-                torch._foreach_mul_(grads, masks)
+            with_grad = [layer for layer in self._sparse if layer.param.grad is not None]
+            if with_grad:
+                torch._foreach_mul_(
+                    [layer.param.grad for layer in with_grad],
+                    [_as_factor(self.masks[layer.name]) for layer in with_grad],
+                )
 
     def _after_step(self) -> None:
-        self.apply_masks()
+        if self._remask_after_step:
+            self.apply_masks()
         self.step_count += 1
         if self._dense_grad_now:
             self.dense_grad_steps += 1
@@ -373,7 +508,7 @@ class SparsityController:
         if self._sparse:
             torch._foreach_mul_(
                 [layer.param.data for layer in self._sparse],
-                [self.masks[layer.name] for layer in self._sparse],
+                [_as_factor(self.masks[layer.name]) for layer in self._sparse],
             )
 
     # ------------------------------------------------------------------ updates
@@ -390,16 +525,16 @@ class SparsityController:
 
     @torch.no_grad()
     def _update(self, tick: int) -> None:
-        before = {n: m.clone() for n, m in self.masks.items()}
+        before = dict(self.masks)  # updates build new mask tensors; masks are never edited in place
         if self.spec.pruning:
             alpha = None
-            new_masks = self._prune(tick)
+            changed = self._commit(self._prune(tick), before)
         else:
             alpha = update_fraction(
                 tick, self.options.prune_rate, self.end, self.options.decay_schedule
             )
-            new_masks = self._drop_and_grow(alpha)
-        self._commit(new_masks, before, tick, alpha)
+            changed = self._apply_changes(self._drop_and_grow(alpha))
+        self._log_update(tick, alpha, changed)
 
     def _prune(self, tick: int) -> dict[str, torch.Tensor]:
         density = zhu_gupta_density(
@@ -415,8 +550,6 @@ class SparsityController:
 
     def _grow_score(self, layer: _Layer) -> torch.Tensor:
         mode = self.options.growth_mode
-        if mode == "random":
-            return torch.rand(layer.param.shape, generator=self.generator).to(layer.param.device)
         if mode == "absolute-gradient":
             score = self._grad_scores.get(layer.name)
             if score is None:
@@ -431,14 +564,32 @@ class SparsityController:
             )
         return buffer.abs()
 
-    def _drop_and_grow(self, alpha: float) -> dict[str, torch.Tensor]:
+    def _active_units(self, layer: _Layer) -> torch.Tensor:
+        """Flat indices of the layer's active units (weights, or kernels when structured)."""
+        if layer.name not in self._active:
+            units = self.masks[layer.name].reshape(-1, layer.group)[:, 0]
+            self._active[layer.name] = units.nonzero().squeeze(1)
+        return self._active[layer.name]
+
+    def _drop_and_grow(
+        self, alpha: float
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """{layer: (dropped, kept, grown) unit indices} of one drop-and-grow update.
+
+        Works on unit indices (`algorithms.dst` index form): the drop looks at the active
+        units only, the grow makes one pass over the layer's scores."""
         layers = self._dynamic()
-        kept, drops = {}, {}
+        drops, dropped, kept = {}, {}, {}
         for layer in layers:
-            units = layer.budget // layer.group
-            drops[layer.name] = round(alpha * units)
-            kept[layer.name] = drop_lowest_magnitude(
-                layer.param, self.masks[layer.name], drops[layer.name], layer.group
+            active = self._active_units(layer)
+            drops[layer.name] = round(alpha * active.numel())  # active units = budget // group
+            weight = layer.param.detach()
+            if layer.group == 1:
+                magnitude = weight.reshape(-1).index_select(0, active).abs()
+            else:  # a kernel's magnitude: the sum over its k×k weights
+                magnitude = weight.reshape(-1, layer.group)[active].abs().sum(1)
+            dropped[layer.name], kept[layer.name] = drop_lowest(
+                magnitude, active, drops[layer.name]
             )
         grows = drops
         if self.options.redistribution_mode == "momentum" and layers:
@@ -446,43 +597,81 @@ class SparsityController:
             for layer in layers:
                 buffer = optim_state.momentum(self.optimizer, layer.param)
                 active = self.masks[layer.name]
-                scores[layer.name] = (
-                    float(buffer[active].abs().mean()) if buffer is not None else 0.0
+                scores[layer.name] = (  # masked_select: buffer[active], as a faster gather
+                    float(buffer.masked_select(active).abs().mean()) if buffer is not None else 0.0
                 )
-                capacity[layer.name] = (
-                    layer.param.numel() - int(kept[layer.name].sum())
-                ) // layer.group
+                capacity[layer.name] = layer.param.numel() // layer.group - kept[layer.name].numel()
             grows = redistribute(sum(drops.values()), scores, capacity)
-        new = dict(self.masks)
+        changes = {}
         for layer in layers:
-            new[layer.name] = grow_highest(
-                self._grow_score(layer), kept[layer.name], grows[layer.name], layer.group
-            )
-        return new
+            name, units = layer.name, layer.param.numel() // layer.group
+            if self.options.growth_mode == "random":  # = the highest of uniform random scores
+                grown = grow_random_units(units, kept[name], grows[name], self.generator)
+            else:
+                score = group_scores(self._grow_score(layer), layer.group)
+                grown = grow_highest_units(score, kept[name], grows[name])
+            changes[name] = (dropped[name], kept[name], grown)
+        return changes
 
-    def _commit(
-        self,
-        new_masks: dict[str, torch.Tensor],
-        before: dict[str, torch.Tensor],
-        tick: int,
-        alpha: float | None,
-    ) -> None:
-        changed = total_active = 0
+    def _apply_changes(
+        self, changes: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    ) -> int:
+        """Commit drop-and-grow index changes; returns the number of new connections.
+
+        Only the touched units are written: by the invariant of `_masks_replaced`, inactive
+        weights (and, with masked gradients, their optimizer state) are already 0, so zeroing
+        the dropped-and-not-regrown units (state: the newly grown ones with dense gradients)
+        equals re-multiplying everything by the new mask."""
+        created = 0
+        for name, (dropped, kept, grown) in changes.items():
+            layer = self.layers[name]
+            before = self.masks[name].reshape(-1, layer.group)[:, 0]
+            after = before.clone().index_fill_(0, dropped, False).index_fill_(0, grown, True)
+            gone = dropped.masked_select(~after.index_select(0, dropped))  # and not regrown
+            fresh = grown.masked_select(~before.index_select(0, grown))  # where there was none
+            with torch.no_grad():
+                _units_view(layer.param, layer.group).index_fill_(0, gone, 0)
+            reset = fresh if self.options.dense_gradients else gone
+            for state in optim_state.state_tensors(self.optimizer, layer.param):
+                _units_view(state, layer.group).index_fill_(0, reset, 0)
+            ever = _units_view(self.ever_active[name], layer.group)
+            new_to_ever = fresh.masked_select(~_before_ever(ever, fresh))
+            ever.index_fill_(0, new_to_ever, True)
+            if name in self._ever_count:
+                self._ever_count[name] += new_to_ever.numel() * layer.group
+            self.masks[name] = expand_groups(after, layer.group, layer.param.shape)
+            self._active[name] = torch.cat([kept, grown])
+            layer.budget += (grown.numel() - dropped.numel()) * layer.group
+            created += fresh.numel() * layer.group
+        return created
+
+    def _commit(self, new_masks: dict[str, torch.Tensor], before: dict[str, torch.Tensor]) -> int:
+        """Commit whole new masks (Pruning); returns the number of new connections."""
+        changed = 0
         for name, layer in self.layers.items():
             new = new_masks[name]
-            grown = new & ~before[name]
-            changed += int(grown.sum())
-            layer.param.data.mul_(new)  # dropped and (re)grown-from-inactive weights start at 0
-            if self.options.dense_gradients:
-                optim_state.reset_entries(self.optimizer, layer.param, grown)
-            else:
-                optim_state.reset_entries(self.optimizer, layer.param, ~new)
-            self.masks[name] = new
-            self.ever_active[name] |= new
-            layer.budget = int(new.sum())
-            total_active += layer.budget
+            if new is not before[name]:  # layers the update left alone (dense ones) are skipped
+                grown = new & ~before[name]
+                changed += int(torch.count_nonzero(grown))
+                # dropped and (re)grown-from-inactive weights start at 0
+                layer.param.data.mul_(_as_factor(new))
+                if self.options.dense_gradients:
+                    optim_state.keep_entries(self.optimizer, layer.param, ~grown)
+                else:
+                    optim_state.keep_entries(self.optimizer, layer.param, new)
+                self.masks[name] = new
+                self.ever_active[name] |= new
+                layer.budget = int(torch.count_nonzero(new))
+        self._masks_replaced()
+        return changed
+
+    def _log_update(self, tick: int, alpha: float | None, changed: int) -> None:
         self._refresh_sparse_layers()
+        total_active = sum(layer.budget for layer in self.layers.values())
         total = sum(layer.param.numel() for layer in self.layers.values())
+        for name, ever in self.ever_active.items():
+            if name not in self._ever_count:
+                self._ever_count[name] = int(torch.count_nonzero(ever))
         self.update_log.append(
             {
                 "step": self.step_count,
@@ -491,7 +680,7 @@ class SparsityController:
                 "alpha": alpha,
                 "density": total_active / total,
                 "changed_fraction": changed / max(1, total_active),
-                "itop_rate": sum(int(m.sum()) for m in self.ever_active.values()) / total,
+                "itop_rate": sum(self._ever_count.values()) / total,
                 "layer_densities": self.layer_densities(),
             }
         )
@@ -506,12 +695,15 @@ class SparsityController:
         )
 
     def layer_densities(self) -> dict[str, float]:
+        """{parameter name: active fraction} of every masked layer (1.0 for dense methods)."""
         if not self.layers:
             return {n: 1.0 for n in maskable_parameters(self.model)}
         return {n: layer.budget / layer.param.numel() for n, layer in self.layers.items()}
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        """Masks, budgets, step/epoch counters and generator state: plain tensors and numbers,
+        loadable with `torch.load(..., weights_only=True)`."""
         return {
             "method": self.spec.name,
             "init": self.init,
@@ -525,6 +717,8 @@ class SparsityController:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict()` and re-apply its masks to the weights. Raises
+        `CheckpointError` when the state is for another method or another model's layers."""
         if state.get("method") != self.spec.name:
             raise CheckpointError(
                 f"sparsity state is for method {state.get('method')!r}, this run uses {self.spec.name!r}"
@@ -546,8 +740,7 @@ class SparsityController:
         self.epoch_count = int(state["epoch"])
         self.dense_grad_steps = int(state.get("dense_grad_steps", 0))
         self.generator.set_state(state["generator"])
-        self._refresh_sparse_layers()
-        self.apply_masks()
+        self._masks_replaced()
 
 
 def sparsify(
@@ -566,12 +759,13 @@ def sparsify(
     `redistribution_mode`, `dense_gradients`, `final_density`, `lottery_mask_path`) plus
     `steps_per_epoch`, `seed` and `attach`.
 
-    >>> import torch
-    >>> net = torch.nn.Sequential(torch.nn.Linear(20, 20), torch.nn.ReLU(), torch.nn.Linear(20, 2))
-    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    >>> ctl = sparsify(net, opt, method="RigL", density=0.5, init="ERK", total_steps=100, interval=10)
-    >>> net(torch.randn(8, 20)).sum().backward(); ctl.step()
-    >>> round(ctl.density(), 3)
-    0.5
+    Examples:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(20, 20), torch.nn.ReLU(), torch.nn.Linear(20, 2))
+        >>> opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        >>> ctl = sparsify(net, opt, method="RigL", density=0.5, init="ERK", total_steps=100, interval=10)
+        >>> net(torch.randn(8, 20)).sum().backward(); ctl.step()
+        >>> round(ctl.density(), 3)
+        0.5
     """
     return SparsityController(model, optimizer, method, density, init, total_steps, **options)

@@ -40,25 +40,37 @@ LOTTERY_INITS = ("lottery", "lottery-ticket")
 
 @dataclass(frozen=True)
 class LayerShape:
+    """The shape of one masked weight, and whether it is a convolution (ERK uses the kernel)."""
+
     shape: tuple[int, ...]
     is_conv: bool
 
     @property
     def numel(self) -> int:
+        """Number of entries."""
         return math.prod(self.shape)
 
 
 def canonical_init(init: str) -> str:
+    """Canonical name of an init or alias (`erdos-renyi-kernel` → `ERK`, `lottery-ticket` →
+    `lottery`); unknown names raise `ConfigError` listing the valid ones.
+
+    Examples:
+        >>> canonical_init("erdos-renyi-kernel"), canonical_init("Random"), canonical_init("lottery-ticket")
+        ('ERK', 'random', 'lottery')
+    """
     if init in LOTTERY_INITS:
         return "lottery"
     return INITS.canonical(init)
 
 
 def is_structured(init: str) -> bool:
+    """True for the `struct-*` inits, whose convolution masks switch whole kernels."""
     return init not in LOTTERY_INITS and INITS.get(init)[1]
 
 
 def check_density(density: float, what: str = "density") -> float:
+    """`density` as a float when it lies in (0, 1]; otherwise `ConfigError` naming `what`."""
     if not isinstance(density, int | float) or not 0.0 < float(density) <= 1.0:
         raise ConfigError(f"{what} must be in (0, 1], got {density!r}")
     return float(density)
@@ -129,7 +141,17 @@ def layer_budgets(
     layers: Mapping[str, LayerShape], density: float, init: str = "ERK"
 ) -> dict[str, int]:
     """Integer number of active weights per layer; sums to round(density · total) exactly
-    (structured inits: to within one kernel per layer)."""
+    (structured inits: to within one kernel per layer).
+
+    Examples:
+        >>> shapes = {"conv1": LayerShape((16, 3, 3, 3), True),
+        ...           "conv2": LayerShape((32, 16, 3, 3), True),
+        ...           "fc": LayerShape((10, 512), False)}  # 10,160 weights; 10 % = 1,016
+        >>> layer_budgets(shapes, 0.1, "ERK")
+        {'conv1': 42, 'conv2': 91, 'fc': 883}
+        >>> layer_budgets(shapes, 0.1, "random")  # uniform, first conv kept dense
+        {'conv1': 432, 'conv2': 277, 'fc': 307}
+    """
     density = check_density(density)
     kind, structured = INITS.get(init)
     targets = _float_targets(layers, density, kind, first_dense=True)
@@ -144,6 +166,7 @@ def layer_budgets(
 
 
 def shapes_of(model: nn.Module) -> dict[str, LayerShape]:
+    """{parameter name: LayerShape} of every masked weight of `model`, in module order."""
     return {
         name: LayerShape(tuple(p.shape), p.dim() == 4)
         for name, p in maskable_parameters(model).items()
@@ -153,11 +176,12 @@ def shapes_of(model: nn.Module) -> dict[str, LayerShape]:
 def layer_densities(model: nn.Module, density: float, init: str = "ERK") -> dict[str, float]:
     """{parameter name: density} for `model` at global `density` under `init`. Pure: no masks drawn.
 
-    >>> from torch import nn
-    >>> net = nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 10))
-    >>> d = layer_densities(net, 0.5, "ERK")
-    >>> round(sum(d[n] * p.numel() for n, p in net.named_parameters() if n in d))
-    5500
+    Examples:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 10))
+        >>> d = layer_densities(net, 0.5, "ERK")
+        >>> round(sum(d[n] * p.numel() for n, p in net.named_parameters() if n in d))
+        5500
     """
     layers = shapes_of(model)
     return {n: c / layers[n].numel for n, c in layer_budgets(layers, density, init).items()}

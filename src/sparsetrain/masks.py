@@ -24,7 +24,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def maskable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """{parameter name: weight} of every Conv2d and Linear layer, in module order."""
+    """{parameter name: weight} of every Conv2d and Linear layer, in module order.
+
+    Examples:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+        >>> list(maskable_parameters(net))  # biases and BatchNorm stay dense
+        ['0.weight', '3.weight']
+    """
     model = unwrap(model)
     params = {
         f"{name}.weight" if name else "weight": module.weight

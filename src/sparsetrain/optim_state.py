@@ -21,6 +21,7 @@ MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
 
 
 def check_supported(optimizer: torch.optim.Optimizer) -> None:
+    """Raise `UnsupportedOptimizer`, naming the supported optimizers, for any other kind."""
     if not any(isinstance(optimizer, t) for t in STATE_KEYS):
         names = ", ".join(f"torch.optim.{t.__name__}" for t in STATE_KEYS)
         raise UnsupportedOptimizer(
@@ -29,7 +30,8 @@ def check_supported(optimizer: torch.optim.Optimizer) -> None:
         )
 
 
-def _state_tensors(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> list[torch.Tensor]:
+def state_tensors(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> list[torch.Tensor]:
+    """The per-weight state tensors of `param` (shape of `param`), e.g. the momentum buffer."""
     state = optimizer.state.get(param, {})
     keys = next(keys for t, keys in STATE_KEYS.items() if isinstance(optimizer, t))
     return [
@@ -43,8 +45,16 @@ def reset_entries(
     optimizer: torch.optim.Optimizer, param: torch.Tensor, entries: torch.Tensor
 ) -> None:
     """Zero the optimizer state of `param` where the bool `entries` is True."""
-    for tensor in _state_tensors(optimizer, param):
+    for tensor in state_tensors(optimizer, param):
         tensor.masked_fill_(entries, 0)
+
+
+def keep_entries(optimizer: torch.optim.Optimizer, param: torch.Tensor, keep: torch.Tensor) -> None:
+    """Zero the optimizer state of `param` where the bool `keep` is False (`reset_entries(~keep)`,
+    as a multiply by the mask viewed as uint8: several times faster than `masked_fill_`)."""
+    factor = keep.view(torch.uint8)
+    for tensor in state_tensors(optimizer, param):
+        tensor.mul_(factor)
 
 
 def momentum(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> torch.Tensor | None:

@@ -16,6 +16,16 @@ DECAY_SCHEDULES = ("cosine", "linear", "constant", "magnitude-prune")
 
 
 def update_fraction(t: int, alpha: float, end: int, schedule: str = "cosine") -> float:
+    """α_t: the fraction of each layer's active weights dropped (and regrown) at tick `t`.
+
+    Examples:
+        >>> update_fraction(0, 0.3, 100)  # cosine starts at α
+        0.3
+        >>> round(update_fraction(50, 0.3, 100), 6), update_fraction(50, 0.3, 100, "linear")
+        (0.15, 0.15)
+        >>> round(update_fraction(100, 0.3, 100), 6)  # and reaches 0 at T_end
+        0.0
+    """
     if schedule == "cosine":
         return alpha / 2 * (1 + math.cos(math.pi * min(t, end) / end))
     if schedule == "linear":
@@ -28,7 +38,16 @@ def update_fraction(t: int, alpha: float, end: int, schedule: str = "cosine") ->
 def zhu_gupta_density(
     t: int, initial_density: float, final_density: float, start: int, end: int
 ) -> float:
-    """Density (1 − sparsity) at tick t of the Zhu & Gupta cubic schedule."""
+    """Density (1 − sparsity) at tick t of the Zhu & Gupta cubic schedule.
+
+    Examples:
+        >>> zhu_gupta_density(700, 1.0, 0.2, start=700, end=65918)  # dense until t0
+        1.0
+        >>> round(zhu_gupta_density(33309, 1.0, 0.2, start=700, end=65918), 6)  # halfway: s = 0.8·(1 − 0.5³)
+        0.3
+        >>> zhu_gupta_density(70000, 1.0, 0.2, start=700, end=65918)
+        0.2
+    """
     if t <= start:
         return initial_density
     if t >= end:
@@ -39,7 +58,12 @@ def zhu_gupta_density(
 
 
 def is_update_step(t: int, start: int, end: int, interval: int) -> bool:
-    """True when tick t (1-based count of finished steps/epochs) triggers a mask update."""
+    """True when tick t (1-based count of finished steps/epochs) triggers a mask update.
+
+    Examples:
+        >>> [t for t in range(1, 1000) if is_update_step(t, start=0, end=400, interval=100)]
+        [100, 200, 300]
+    """
     return end >= 0 and start <= t < end and (t - start) % interval == 0 and t > 0
 
 
@@ -50,7 +74,10 @@ def resolve_tick(value: float, total: int | None, what: str) -> int:
         return -1
     if 0 < value < 1:
         if total is None:
-            raise ConfigError(f"{what}={value} is a fraction of training: pass total_steps")
+            raise ConfigError(
+                f"{what}={value} is a fraction of training: pass total_steps "
+                "(and steps_per_epoch when apply_when=epoch_end)"
+            )
         return max(1, round(value * total))
     if value < 0 or value != int(value):
         raise ConfigError(f"{what} must be -1, a fraction in (0, 1) or a whole count, got {value}")

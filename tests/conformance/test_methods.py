@@ -11,11 +11,11 @@ import copy
 
 import pytest
 import torch
+from tests.conftest import TinyNet, run_steps, tiny_batches
 
 import sparsetrain
 from sparsetrain.algorithms import METHODS
 from sparsetrain.errors import ConfigError
-from tests.conftest import TinyNet, run_steps, tiny_batches
 
 STEPS, SPE = 60, 10  # 6 epochs of 10 steps
 INITS = ["random", "ER", "ERK", "struct-random", "struct-ERK"]
@@ -96,7 +96,7 @@ def test_redistribution_refuses_structured_masks():
 @pytest.mark.parametrize(("method", "init"), METHOD_INIT)
 def test_budget_exact_throughout(method, init, lottery_ckpt):
     net, opt, ctl = build(method, None if init == "-" else init, lottery_ckpt)
-    ctl._initial_budgets = {n: l.budget for n, l in ctl.layers.items()}
+    ctl._initial_budgets = {n: layer.budget for n, layer in ctl.layers.items()}
     check_invariants(net, ctl)
     target = ctl.density()
     run_steps(net, opt, ctl, tiny_batches(STEPS), SPE, on_step=lambda i: check_invariants(net, ctl))
@@ -107,7 +107,7 @@ def test_budget_exact_throughout(method, init, lottery_ckpt):
     elif not METHODS.get(method).dense_model:
         assert ctl.density() == target  # no drift
         n_layers = len(ctl.layers)
-        total = sum(l.param.numel() for l in ctl.layers.values())
+        total = sum(layer.param.numel() for layer in ctl.layers.values())
         if METHODS.get(method).init_from_checkpoint:
             assert abs(ctl.density() - 0.3) * total <= n_layers
         elif not init.startswith("struct"):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import TinyNet, run_steps, tiny_batches
 from torch import nn
 
 import sparsetrain
 from sparsetrain.errors import ConfigError, UnsupportedOptimizer
-from tests.conftest import TinyNet, run_steps, tiny_batches
 
 
 def make(method="RigL", optimizer="sgd", **kw):
@@ -56,7 +56,7 @@ def test_masked_weights_stay_zero_with_weight_decay_and_momentum():
     params = dict(net.named_parameters())
     run_steps(
         net, opt, ctl, tiny_batches(20),
-        on_step=lambda i: [  # noqa: B023
+        on_step=lambda i: [
             (not params[n][~m].any()) or pytest.fail(f"{n} moved at step {i}") for n, m in ctl.masks.items()
         ],
     )  # fmt: skip
@@ -87,9 +87,9 @@ def test_rigl_dense_gradient_only_at_update_steps_snfs_every_step():
 def test_snfs_redistribution_moves_budget_between_layers_keeping_total():
     net, opt, ctl = make("SNFS", steps_per_epoch=10)
     opt.param_groups[0]["lr"] = 0.05
-    start = {n: l.budget for n, l in ctl.layers.items()}
+    start = {n: layer.budget for n, layer in ctl.layers.items()}
     run_steps(net, opt, ctl, tiny_batches(40), steps_per_epoch=10)
-    end = {n: l.budget for n, l in ctl.layers.items()}
+    end = {n: layer.budget for n, layer in ctl.layers.items()}
     assert sum(end.values()) == sum(start.values())
     assert end != start
 
@@ -104,7 +104,7 @@ def test_update_log_has_mask_evolution_metrics():
 
 
 def test_no_host_sync_on_ordinary_step(monkeypatch):
-    net, opt, ctl = make("RigL", interval=50, end_when=30)
+    net, _opt, ctl = make("RigL", interval=50, end_when=30)
     x, y = tiny_batches(1)[0]
     nn.functional.cross_entropy(net(x), y).backward()
     calls = []
@@ -148,7 +148,7 @@ def test_bad_input_raises_clear_config_error(kwargs, message):
 
 def test_unsupported_optimizer_is_a_type_error_naming_supported():
     net = TinyNet()
-    with pytest.raises(TypeError, match="supported optimizers: .*SGD.*Adam") as info:
+    with pytest.raises(TypeError, match=r"supported optimizers: .*SGD.*Adam") as info:
         sparsetrain.sparsify(net, torch.optim.RMSprop(net.parameters()), "RigL", total_steps=10)
     assert isinstance(info.value, UnsupportedOptimizer)
 
@@ -170,7 +170,7 @@ def test_soak_many_updates_density_exact():
         net, opt, "SET", density=0.1, init="random", total_steps=400, apply_when="step_end",
         interval=1, end_when=400, decay_schedule="constant",
     )  # fmt: skip
-    budgets = {n: l.budget for n, l in ctl.layers.items()}
+    budgets = {n: layer.budget for n, layer in ctl.layers.items()}
     x = torch.randn(8, 16)
     for _ in range(399):
         opt.zero_grad()
@@ -178,3 +178,28 @@ def test_soak_many_updates_density_exact():
         ctl.step()
     assert len(ctl.update_log) == 399
     assert {n: int(m.sum()) for n, m in ctl.masks.items()} == budgets
+
+
+@pytest.mark.parametrize("positional", [False, True])
+def test_step_with_closure_masks_the_closures_gradients(positional):
+    """`optimizer.step(closure)` (Lightning's way): backward runs inside the step, so the
+    gradients masked must be the closure's, not the previous step's."""
+    torch.manual_seed(0)
+    net = TinyNet()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    ctl = sparsetrain.sparsify(net, opt, "Static", density=0.2, init="ERK", total_steps=10)
+    batches = tiny_batches(3)
+    for x, y in batches:
+
+        def closure(x=x, y=y):
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(net(x), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure) if positional else opt.step(closure=closure)
+    params = dict(net.named_parameters())
+    assert ctl.step_count == 3
+    for n, mask in ctl.masks.items():
+        assert not params[n][~mask].any()
+        assert not opt.state[params[n]]["momentum_buffer"][~mask].any()

@@ -52,7 +52,7 @@ def test_density_one_is_dense_and_bad_density_errors():
 
 
 def test_unknown_init_names_choices():
-    with pytest.raises(ConfigError, match="valid choices: .*ERK"):
+    with pytest.raises(ConfigError, match=r"valid choices: .*ERK"):
         layer_budgets(_shapes((4, 4)), 0.5, "gaussian")
 
 

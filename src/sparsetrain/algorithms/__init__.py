@@ -5,7 +5,12 @@ itself is a pure function of (weights, masks, scores, counts) → masks in `dst.
 `pruning.py`. RigL and SET differ only in their grow score.
 """
 
-from sparsetrain.algorithms.dst import drop_lowest_magnitude, grow_highest, redistribute
+from sparsetrain.algorithms.dst import (
+    drop_lowest_magnitude,
+    grow_highest,
+    grow_random,
+    redistribute,
+)
 from sparsetrain.algorithms.pruning import global_magnitude_keep
 from sparsetrain.algorithms.registry import METHODS, MethodSpec, small_dense_width
 
@@ -15,6 +20,7 @@ __all__ = [
     "drop_lowest_magnitude",
     "global_magnitude_keep",
     "grow_highest",
+    "grow_random",
     "redistribute",
     "small_dense_width",
 ]

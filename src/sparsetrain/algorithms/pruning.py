@@ -14,7 +14,15 @@ def global_magnitude_keep(
 ) -> dict[str, torch.Tensor]:
     """New masks keeping exactly `keep` currently-active weights, those with the largest |w|
     over all layers together. Each layer keeps at least its largest weight, so no layer is
-    cut off entirely (the explicit one-weight-per-layer minimum)."""
+    cut off entirely (the explicit one-weight-per-layer minimum).
+
+    Examples:
+        >>> import torch
+        >>> w = {"a": torch.tensor([0.9, 0.1, 0.5]), "b": torch.tensor([0.2, 0.05])}
+        >>> m = {n: torch.ones_like(t, dtype=torch.bool) for n, t in w.items()}
+        >>> {n: k.int().tolist() for n, k in global_magnitude_keep(w, m, 3).items()}
+        {'a': [1, 0, 1], 'b': [1, 0]}
+    """
     names = list(weights)
     flat_scores = torch.cat([weights[n].detach().abs().reshape(-1).float() for n in names])
     flat_active = torch.cat([masks[n].reshape(-1) for n in names])

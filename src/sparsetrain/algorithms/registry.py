@@ -11,7 +11,15 @@ from sparsetrain.registry import Registry
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """What a method is: data, not code. Option values are the reference config's defaults."""
+    """What a method is: data, not code. Option values are the reference config's defaults.
+
+    Examples:
+        >>> spec = METHODS.get("RigL")
+        >>> spec.default_init, spec.dynamic, spec.dense_gradients, spec.option("prune_rate")
+        ('ERK', True, 'at_update', 0.3)
+        >>> METHODS.get("SNFS").dense_gradients, METHODS.canonical("Small-Dense")
+        ('every_step', 'Small_Dense')
+    """
 
     name: str
     dense_model: bool = False  # Dense / Small_Dense: no masks at all
@@ -22,6 +30,7 @@ class MethodSpec:
     defaults: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
     def option(self, key: str, default: Any = None) -> Any:
+        """The method's reference default for masking option `key`."""
         return self.defaults.get(key, default)
 
     @property
