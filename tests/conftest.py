@@ -50,3 +50,32 @@ def run_steps(model, optimizer, ctl, batches, steps_per_epoch=None, on_step=None
 def tiny_net():
     torch.manual_seed(0)
     return TinyNet()
+
+
+def compose_config(*overrides: str, hydra: bool = False):
+    """The composed run config for `overrides`, as `sparsetrain <overrides>` would see it."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sparsetrain.config import register_configs
+
+    register_configs()
+    if GlobalHydra.instance().is_initialized():  # inside a module-scoped hydra_ctx fixture
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+    with initialize_config_module("sparsetrain.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+@pytest.fixture(scope="module")
+def hydra_ctx():
+    """Keep one Hydra context open for a module that composes many configs."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sparsetrain.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("sparsetrain.conf", version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()

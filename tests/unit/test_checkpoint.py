@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.conftest import compose_config as compose
 from torch import nn
 
 from sparsetrain.errors import CheckpointError
@@ -22,17 +23,6 @@ FAST = (
     "progress=false",
     "dataset.max_threads=1",
 )
-
-
-def compose(*overrides: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    from sparsetrain.config import register_configs
-
-    register_configs()
-    with initialize_config_module("sparsetrain.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
 
 
 def test_config_hash_ignores_only_result_neutral_keys():

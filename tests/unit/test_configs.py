@@ -7,11 +7,10 @@ import itertools
 from importlib import resources
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 from omegaconf import OmegaConf, open_dict
 
-from sparsetrain.config import Config, register_configs
+from sparsetrain.config import Config
 
 CONF = resources.files("sparsetrain.conf")
 
@@ -46,15 +45,6 @@ def _kind(specific: str) -> str:
         if specific.endswith("_" + kind):
             return kind
     raise AssertionError(f"specific/{specific}.yaml: unknown kind")
-
-
-@pytest.fixture(scope="module")
-def hydra_ctx():
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_module("sparsetrain.conf", version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
 
 
 def _compose(overrides, hydra=False):

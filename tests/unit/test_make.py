@@ -9,10 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-
-from sparsetrain.config import register_configs
+from hydra import compose
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -217,15 +214,6 @@ def test_lottery_stops_with_the_exact_command(workdir):
     proc = make(workdir, "fmnist.Lottery", *args, dry=False, check=False)
     assert proc.returncode != 0
     assert "make fmnist.Pruning DENSITY=0.1 SEED=1" in proc.stderr
-
-
-@pytest.fixture(scope="module")
-def hydra_ctx():
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_module("sparsetrain.conf", version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
 
 
 def _compose_cmd(cmd: list[str]):

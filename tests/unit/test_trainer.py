@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.conftest import compose_config as compose
 from torch import nn
 
 from sparsetrain.errors import ConfigError, TrainingDiverged
@@ -26,17 +27,6 @@ FAST = (
     "progress=false",
     "dataset.max_threads=1",
 )
-
-
-def compose(*overrides: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    from sparsetrain.config import register_configs
-
-    register_configs()
-    with initialize_config_module("sparsetrain.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
 
 
 def run(tmp_path: Path, *overrides: str, name: str = "run") -> dict:
