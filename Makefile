@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 ## help: list every target with one line each
 help:
-	@grep -hE '^## ' $(MAKEFILE_LIST) | sed -e 's/^## //' | awk -F': ' '{printf "  \033[36m%-34s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^## ' $(MAKEFILE_LIST) | sed -E 's/^## ([^:]+): /\1\t/' | awk -F'\t' '{printf "  \033[36m%-34s\033[0m %s\n", $$1, $$2}'
 
 ## install: Debian Fashion-MNIST (if root+apt), then $(TORCH), then the project with [dev] extras
 install:
