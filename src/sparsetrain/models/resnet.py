@@ -58,6 +58,23 @@ class CifarBottleneck(nn.Module):
         return torch.relu(self.residual_function(x) + self.shortcut(x))
 
 
+def _bottleneck_stages(
+    block: type[nn.Module], channels: int, width: float
+) -> tuple[list[nn.Sequential], int]:
+    """The four ResNet-50 stages ([3, 4, 6, 3] bottlenecks, widths 64/128/256/512 × 4 out,
+    stride on each stage's first block) shared by the CIFAR and ImageNet variants; returns the
+    stages and the output channels."""
+    stages = []
+    for blocks, base, stride in zip(STAGES, (64, 128, 256, 512), (1, 2, 2, 2)):
+        planes = scaled(base, width)
+        layers = []
+        for i in range(blocks):
+            layers.append(block(channels, planes, stride if i == 0 else 1))
+            channels = planes * EXPANSION
+        stages.append(nn.Sequential(*layers))
+    return stages, channels
+
+
 class CifarResNet50(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 100, width: float = 1.0):
         super().__init__()
@@ -67,16 +84,9 @@ class CifarResNet50(nn.Module):
             nn.BatchNorm2d(stem),
             nn.ReLU(inplace=True),
         )
-        channels = stem
-        for index, (blocks, base, stride) in enumerate(
-            zip(STAGES, (64, 128, 256, 512), (1, 2, 2, 2)), start=2
-        ):
-            planes = scaled(base, width)
-            layers = []
-            for i in range(blocks):
-                layers.append(CifarBottleneck(channels, planes, stride if i == 0 else 1))
-                channels = planes * EXPANSION
-            setattr(self, f"conv{index}_x", nn.Sequential(*layers))
+        stages, channels = _bottleneck_stages(CifarBottleneck, stem, width)
+        for index, stage in enumerate(stages, start=2):
+            setattr(self, f"conv{index}_x", stage)
         self.avg_pool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(channels, num_classes)
         _init(self)
@@ -121,16 +131,9 @@ class ImageNetResNet50(nn.Module):
         self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        channels = stem
-        for index, (blocks, base, stride) in enumerate(
-            zip(STAGES, (64, 128, 256, 512), (1, 2, 2, 2)), start=1
-        ):
-            planes = scaled(base, width)
-            layers = []
-            for i in range(blocks):
-                layers.append(Bottleneck(channels, planes, stride if i == 0 else 1))
-                channels = planes * EXPANSION
-            setattr(self, f"layer{index}", nn.Sequential(*layers))
+        stages, channels = _bottleneck_stages(Bottleneck, stem, width)
+        for index, stage in enumerate(stages, start=1):
+            setattr(self, f"layer{index}", stage)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(channels, num_classes)
         _init(self)
