@@ -25,13 +25,13 @@ install:
 	$(PIP) install $(TORCH)
 	$(PIP) install -e ".[$(EXTRAS)]"
 
-## test: the whole test suite incl. slow-marked checks (~5 min on 2 cores; CI runs this)
+## test: the test suite without slow-marked checks (a few minutes on 2 cores; CI runs this)
 test:
-	@$(PYTHON) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	@$(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
-## test-fast: the suite without the slow-marked checks (soak test, SIGTERM/submitit end-to-end runs)
-test-fast:
-	@$(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+## test-slow: only the slow-marked checks (soak test, SIGTERM/submitit end-to-end runs; ~90 s)
+test-slow:
+	@$(PYTHON) -m pytest -q -m slow $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 ## lint: ruff check + format check
 lint:
