@@ -73,6 +73,7 @@ class MaskingConfig:
     lottery_mask_path: str | None = None
     print_FLOPs: bool = True
     sparse_kernels: bool = False  # (ours) train sparse-enough Linear layers on CSR kernels
+    scale_init: bool = False  # (ours) initial weights rescaled to each unit's sparse fan-in
 
 
 @dataclass

@@ -50,7 +50,7 @@ from sparsetrain.distributions import (
     layer_budgets,
 )
 from sparsetrain.errors import CheckpointError, ConfigError, choices_message
-from sparsetrain.masks import group_size, maskable_parameters, unwrap
+from sparsetrain.masks import group_size, maskable_parameters, rescale_to_fan_in, unwrap
 from sparsetrain.ops import CSRPattern, csr_linear, expand_groups, group_scores
 from sparsetrain.schedules import (
     DECAY_SCHEDULES,
@@ -97,6 +97,7 @@ class MaskingOptions:
     final_density: float | None = None
     lottery_mask_path: str | None = None
     sparse_kernels: bool = False  # (ours) Linear layers at density <= CSR_MAX_DENSITY on CSR
+    scale_init: bool = False  # (ours) rescale initial weights to each unit's sparse fan-in
 
     @classmethod
     def resolve(cls, spec: MethodSpec, options: dict[str, Any]) -> MaskingOptions:
@@ -242,6 +243,9 @@ class SparsityController:
             )
         if not self.spec.dense_model:
             self._init_masks(options.get("lottery_mask_path") or self.options.lottery_mask_path)
+            if self.options.scale_init and self.init != "lottery":  # rewound weights stay exact
+                for name, layer in self.layers.items():
+                    rescale_to_fan_in(layer.param, self.masks[name])
         self._refresh_sparse_layers()
         if attach:
             self.attach()

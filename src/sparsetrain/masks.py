@@ -56,3 +56,28 @@ def group_size(shape: tuple[int, ...] | torch.Size, structured: bool) -> int:
 def count_active(masks: dict[str, torch.Tensor]) -> dict[str, int]:
     """Active entries per layer (host sync: call at updates and logging only)."""
     return {name: int(mask.sum()) for name, mask in masks.items()}
+
+
+@torch.no_grad()
+def rescale_to_fan_in(weight: torch.Tensor, mask: torch.Tensor) -> None:
+    """Scale each output unit's weights by sqrt(dense fan-in / active fan-in), in place.
+
+    Why: a dense initialiser (Kaiming, LeCun) sets the weight variance for the dense fan-in; a
+    unit keeping a fraction d of its inputs then starts with an output variance d times too
+    small, and the shrinkage compounds layer by layer in networks without normalisation.
+    Rescaling restores the variance the initialiser intended (the sparsity-aware
+    initialisation of Evci et al. 2022, "Gradient flow in sparse neural networks"). Units with
+    no active input are left as they are.
+
+    Examples:
+        >>> import torch
+        >>> w = torch.ones(2, 4)
+        >>> m = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+        >>> rescale_to_fan_in(w, m)
+        >>> w[:, 0].tolist()  # unit 0 keeps 1 of 4 inputs: x sqrt(4); unit 1 is dense: x 1
+        [2.0, 1.0]
+    """
+    rows = mask.reshape(mask.shape[0], -1)
+    fan_in = rows.sum(1).to(weight.dtype)
+    scale = torch.where(fan_in > 0, (rows.shape[1] / fan_in.clamp(min=1)).sqrt(), 1.0)
+    weight.mul_(scale.view(-1, *([1] * (weight.dim() - 1))))

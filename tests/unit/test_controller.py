@@ -203,3 +203,20 @@ def test_step_with_closure_masks_the_closures_gradients(positional):
     for n, mask in ctl.masks.items():
         assert not params[n][~mask].any()
         assert not opt.state[params[n]]["momentum_buffer"][~mask].any()
+
+
+def test_scale_init_restores_each_units_dense_init_scale():
+    """`scale_init`: active weights x sqrt(dense fan-in / active fan-in), per output unit;
+    masked weights stay 0 and the masks are the same as without the option."""
+    _, _, plain = make("Static")
+    net, _, scaled = make("Static", scale_init=True)
+    torch.manual_seed(0)
+    reference = dict(TinyNet().named_parameters())  # the weights `make` drew before masking
+    for name, mask in scaled.masks.items():
+        assert torch.equal(mask, plain.masks[name])
+        rows = mask.reshape(mask.shape[0], -1)
+        expected_scale = (rows.shape[1] / rows.sum(1).clamp(min=1)).sqrt()
+        expected = reference[name].detach() * expected_scale.view(-1, *[1] * (mask.dim() - 1))
+        weight = dict(net.named_parameters())[name].detach()
+        assert torch.allclose(weight[mask], expected[mask])
+        assert not weight[~mask].any()
