@@ -1,7 +1,14 @@
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sparsetrain.algorithms.dst import (
+    drop_lowest,
+    drop_lowest_magnitude,
+    grow_highest,
+    grow_highest_units,
+)
 from sparsetrain.ops import expand_groups, group_scores, select_highest, select_lowest
 
 
@@ -49,3 +56,80 @@ def test_select_lowest_matches_stable_sort(values, data):
     order = sorted((v, i) for i, v in enumerate(values) if cand[i])
     expected = sorted(i for _, i in order[:k])
     assert chosen.nonzero().flatten().tolist() == expected
+
+
+def _reference_choice(values: torch.Tensor, cand: torch.Tensor, k: int, largest: bool) -> list:
+    """The k best candidates by a stable sort of (score, index): the definition of the result."""
+    idx = cand.nonzero().flatten()
+    key = -values[idx] if largest else values[idx]
+    order = torch.sort(key, stable=True).indices  # stable: equal scores keep index order
+    return sorted(idx[order[:k]].tolist())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    words=st.integers(5_000, 18_750),  # n = 8 x words (+ 5): above the bracket's threshold
+    ragged=st.booleans(),  # a length that is not a whole number of 8-byte words
+    levels=st.sampled_from([3, 50, 10_000, 0]),  # 0: continuous scores; else heavy ties
+    cand_fraction=st.sampled_from([0.05, 0.3, 0.9, 1.0]),
+    k_fraction=st.one_of(st.sampled_from([0.001, 0.004, 0.02, 0.5]), st.floats(0.0, 1.0)),
+    largest=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_large_selection_matches_stable_sort(
+    words, ragged, levels, cand_fraction, k_fraction, largest, seed
+):
+    """The fast paths (compaction, sampled bracket, one- and two-sided, sparse nonzero) give
+    exactly the stable-sort choice, ties included, on layers large enough to take them."""
+    n = 8 * words + (5 if ragged else 0)
+    g = torch.Generator().manual_seed(seed)
+    values = torch.rand(n, generator=g)
+    if levels:
+        values = (values * levels).floor()
+    cand = torch.rand(n, generator=g) < cand_fraction
+    k = int(k_fraction * int(cand.sum()))
+    select = select_highest if largest else select_lowest
+    chosen = select(values, cand, k).nonzero().flatten().tolist()
+    assert chosen == _reference_choice(values, cand, k, largest)
+
+
+@pytest.mark.parametrize("k", [1, 7, 300, 4_000])
+def test_best_positions_with_index_ranks_ties_by_index(k):
+    """Index form (`drop_lowest`): a gathered array ranks ties by the flat layer index, so it
+    chooses exactly what the mask form chooses over the whole layer."""
+    g = torch.Generator().manual_seed(k)
+    n = 100_000
+    magnitude = (torch.rand(n, generator=g) * 20).floor()  # many ties
+    active = torch.randperm(n, generator=g)[: n // 2]  # unordered, as the controller keeps them
+    dropped, kept = drop_lowest(magnitude[active], active, k)
+    cand = torch.zeros(n, dtype=torch.bool)
+    cand[active] = True
+    assert sorted(dropped.tolist()) == _reference_choice(magnitude, cand, k, largest=False)
+    assert sorted(kept.tolist() + dropped.tolist()) == sorted(active.tolist())
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16), alpha=st.floats(0.01, 0.6), structured=st.booleans())
+def test_index_form_equals_mask_form(seed, alpha, structured):
+    """The controller's index form and the documented mask form of one RigL update agree."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (64, 32, 3, 3)
+    group = 9 if structured else 1
+    weight = torch.randn(shape, generator=g)
+    grad = torch.randn(shape, generator=g).abs()
+    units = weight.numel() // group
+    unit_mask = torch.rand(units, generator=g) < 0.2
+    mask = expand_groups(unit_mask, group, shape)
+    k = round(alpha * int(unit_mask.sum()))
+    # mask form
+    kept_mask = drop_lowest_magnitude(weight * mask, mask, k, group)
+    new_mask = grow_highest(grad, kept_mask, k, group)
+    # index form
+    active = unit_mask.nonzero().flatten()
+    magnitude = group_scores((weight * mask).abs(), group).index_select(0, active)
+    _, kept = drop_lowest(magnitude, active, k)
+    grown = grow_highest_units(group_scores(grad, group), kept, k)
+    new_units = torch.zeros(units, dtype=torch.bool)
+    new_units[torch.cat([kept, grown])] = True
+    assert torch.equal(expand_groups(new_units, group, shape), new_mask)
+    assert int(new_units.sum()) == int(unit_mask.sum())
