@@ -422,7 +422,7 @@ class SparsityController:
         if not self._hooks:
             self._hooks = [
                 self.optimizer.register_step_pre_hook(self._pre_step_hook),
-                self.optimizer.register_step_post_hook(lambda *_: self._after_step()),
+                self.optimizer.register_step_post_hook(lambda *_: self.after_optimizer_step()),
             ]
 
     def _pre_step_hook(self, optimizer: Any, args: tuple, kwargs: dict) -> Any:
@@ -432,12 +432,12 @@ class SparsityController:
         # `args` starts with the optimizer itself (torch passes the wrapped method's arguments)
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is None:
-            self._before_step()
+            self.before_optimizer_step()
             return None
 
         def closure_then_mask() -> Any:
             loss = closure()
-            self._before_step()
+            self.before_optimizer_step()
             return loss
 
         return args[:1], {**kwargs, "closure": closure_then_mask}
@@ -456,9 +456,9 @@ class SparsityController:
     def step(self) -> None:
         """Optimizer step + mask re-application + mask update when due (via the hooks)."""
         if not self._hooks:
-            self._before_step()
+            self.before_optimizer_step()
             self.optimizer.step()
-            self._after_step()
+            self.after_optimizer_step()
         else:
             self.optimizer.step()
 
@@ -469,7 +469,12 @@ class SparsityController:
             return self._due(self.epoch_count + 1)
         return self._due(tick)
 
-    def _before_step(self) -> None:
+    def before_optimizer_step(self) -> None:
+        """Mask the gradients (capturing RigL's dense grow score first when an update is due).
+
+        Runs from the optimizer's pre-step hook. Public for integrations that own the step
+        (`detach()` first): call it after backward and before the update, e.g. Lightning's
+        `on_before_optimizer_step`, after AMP unscaling and before gradient clipping."""
         tick = self.step_count + 1
         capture = self._needs_grad_scores(tick)
         self._dense_grad_now = capture or self.options.dense_gradients
@@ -487,7 +492,11 @@ class SparsityController:
                     [_as_factor(self.masks[layer.name]) for layer in with_grad],
                 )
 
-    def _after_step(self) -> None:
+    def after_optimizer_step(self) -> None:
+        """Re-mask if the optimizer needs it, count the step, update the masks when due.
+
+        Runs from the optimizer's post-step hook (public for integrations, as above); call it
+        only for steps the optimizer really took (not the ones AMP's GradScaler skips)."""
         if self._remask_after_step:
             self.apply_masks()
         self.step_count += 1

@@ -116,8 +116,8 @@ def test_no_host_sync_on_ordinary_step(monkeypatch):
             return _orig(self, *a, **k)
 
         monkeypatch.setattr(torch.Tensor, name, spy)
-    ctl._before_step()
-    ctl._after_step()
+    ctl.before_optimizer_step()
+    ctl.after_optimizer_step()
     monkeypatch.undo()
     assert calls == []
 

@@ -78,9 +78,9 @@ def _controller_syncs(ctl, opt, count_syncs):
     """Syncs made by the controller's work around one optimizer step (Adam's own `.item()`
     on its CPU step counter is the optimizer's, not ours)."""
     ctl.detach()
-    calls = count_syncs(ctl._before_step)
+    calls = count_syncs(ctl.before_optimizer_step)
     opt.step()
-    return calls + count_syncs(ctl._after_step)
+    return calls + count_syncs(ctl.after_optimizer_step)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -116,7 +116,7 @@ def test_step_before_a_rigl_update_captures_without_sync(count_syncs):
         forward_backward()
         opt.step()
     forward_backward()
-    assert count_syncs(ctl._before_step) == []
+    assert count_syncs(ctl.before_optimizer_step) == []
 
 
 def test_update_step_does_update(count_syncs):

@@ -174,7 +174,7 @@ class SparsityCallback(Callback):
         self._pending_state = None
         self.controller = ctl
         self._optimizer = optimizer
-        self._post_hook = optimizer.register_step_post_hook(lambda *_: ctl._after_step())
+        self._post_hook = optimizer.register_step_post_hook(lambda *_: ctl.after_optimizer_step())
 
     def _remove_hooks(self) -> None:
         if self._post_hook is not None:
@@ -188,7 +188,7 @@ class SparsityCallback(Callback):
         """After backward (and AMP unscaling), before clipping and the step: mask gradients,
         capture RigL's grow score when an update is due."""
         if self.controller is not None and _unwrap_optimizer(optimizer) is self._optimizer:
-            self.controller._before_step()
+            self.controller.before_optimizer_step()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """`controller.end_epoch()`: mask updates of `apply_when="epoch_end"` methods."""
