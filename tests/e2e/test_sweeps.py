@@ -71,8 +71,8 @@ def test_optuna_study_continues_on_rerun(tmp_path):
     """Two trials in parallel (joblib launcher, 2 processes), then one more from a re-run."""
     optuna = pytest.importorskip("optuna")
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    storage = f"sqlite:///{tmp_path / 'db' / 'study.db'}"
-    (tmp_path / "db").mkdir()
+    storage = f"sqlite:///{tmp_path / 'db' / 'study.db'}"  # db/ does not exist yet: the
+    # SweeperStorageDir callback creates it before Optuna opens the storage
     args = [
         "-m",
         "hydra/sweeper=optuna",
