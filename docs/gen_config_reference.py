@@ -52,6 +52,8 @@ MEANING: dict[str, str] = {
     "model": "Model to build (`sparsetrain.models`).",
     "width": "Channel / hidden-width multiplier of the model.",
     "device": "`auto` (CUDA if available, else CPU), `cpu`, `cuda`, `cuda:1`, ...",
+    "sync_bn": "Under DDP, convert BatchNorm to SyncBatchNorm (statistics over the global "
+    "batch); GPUs only (PyTorch's SyncBatchNorm does not run on CPU).",
     "log_interval": "Log training loss/accuracy to `metrics.jsonl` every N optimizer steps.",
     "ckpt_dir": "Checkpoint directory inside the run directory (`last.pt`, `epoch_<N>.pth`).",
     "ckpt_interval": "Save a checkpoint every N epochs (default: at the end).",
@@ -125,6 +127,11 @@ MEANING: dict[str, str] = {
     "(Lottery, RigL_reinit); built from the two keys above by default.",
     "masking.print_FLOPs": "Reference flag; FLOPs are always accounted and written to "
     "`summary.json`.",
+    "masking.sparse_kernels": "Train Linear layers at density <= 0.1 (and >= 65,536 weights) "
+    "on `torch.sparse` CSR kernels, forward and backward (see Performance).",
+    "masking.scale_init": "Sparsity-aware init: multiply each unit's initial weights by "
+    "sqrt(dense fan-in / active fan-in), so a sparse layer starts with the output variance its "
+    "dense initialiser intended (Evci et al. 2022). Fresh sparse inits only, not Lottery.",
     # wandb
     "wandb.use": "Log to Weights & Biases too (`metrics.jsonl` is always written). Without a "
     "key or network it logs offline and says so.",

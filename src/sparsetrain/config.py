@@ -101,6 +101,7 @@ class Config:
     model: str = "lenet5"
     width: float = 1.0  # (ours) channel multiplier; Small_Dense sets it from the density
     device: str = "auto"
+    sync_bn: bool = False  # (ours) DDP: SyncBatchNorm, statistics over the global batch (GPUs)
     log_interval: int = 100
     ckpt_dir: str = "ckpts"
     ckpt_interval: int = "${optimizer.epochs}"  # type: ignore[assignment]

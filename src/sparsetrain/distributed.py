@@ -247,16 +247,31 @@ def teardown() -> None:
     _control_group = None
 
 
-def wrap(model: nn.Module, device: torch.device | str) -> nn.Module:
+SYNC_BN_ON_CPU = (
+    "sync_bn=true needs GPUs: PyTorch's SyncBatchNorm does not run on CPU; "
+    "use sync_bn=false (per-rank BatchNorm statistics) for CPU runs"
+)
+
+
+def wrap(model: nn.Module, device: torch.device | str, sync_bn: bool = False) -> nn.Module:
     """DistributedDataParallel around `model` when world size > 1, else `model` itself.
 
     DDP broadcasts rank 0's parameters and buffers at construction (they are equal anyway:
-    same seed everywhere, or the same checkpoint) and before every forward (buffers)."""
+    same seed everywhere, or the same checkpoint) and before every forward (buffers).
+
+    `sync_bn`: BatchNorm layers become SyncBatchNorm (statistics over the global batch, not
+    each rank's slice). The modules are replaced in place and keep their parameter objects, so
+    the optimizer and the sparsity controller are unaffected; state-dict keys are unchanged.
+    PyTorch's SyncBatchNorm runs on GPUs only."""
     if group_size() == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     device = torch.device(device)
+    if sync_bn:
+        if device.type == "cpu":
+            raise ConfigError(SYNC_BN_ON_CPU)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
 

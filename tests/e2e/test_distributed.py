@@ -390,6 +390,29 @@ def test_global_batch_must_divide_among_the_ranks(monkeypatch):
     validate(cfg)  # 25 per rank
 
 
+def test_sync_bn_on_cpu_is_refused_before_anything_runs(monkeypatch):
+    """SyncBatchNorm has no CPU kernel: a multi-process CPU run with sync_bn=true is a config
+    error at validation (nothing written), and `wrap` refuses it too."""
+    from hydra import compose, initialize_config_module
+
+    from sparsetrain import distributed
+    from sparsetrain.config import register_configs
+    from sparsetrain.errors import ConfigError
+    from sparsetrain.train.runner import validate
+
+    register_configs()
+    with initialize_config_module("sparsetrain.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["dataset=digits", "device=cpu", "sync_bn=true"])
+    validate(cfg)  # one process: no DDP, nothing to synchronise
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="sync_bn=true needs GPUs"):
+        validate(cfg)
+    monkeypatch.setattr(distributed, "group_size", lambda: 2)
+    with pytest.raises(ConfigError, match="sync_bn=true needs GPUs"):
+        distributed.wrap(torch.nn.BatchNorm1d(3), "cpu", sync_bn=True)
+
+
 # --------------------------------------------------------------------------- slow: resume, submitit
 def _torchrun_cmd(run_dir: Path, *extra: str) -> list[str]:
     return [*_torchrun(), "--standalone", f"--nproc_per_node={WORLD}", "-m", "sparsetrain",

@@ -180,7 +180,11 @@ def validate(cfg: DictConfig) -> Plan:
         choices_message("on_nonfinite_loss", cfg.on_nonfinite_loss, NONFINITE_POLICIES),
     )
     _require(cfg.width > 0, f"width must be > 0, got {cfg.width}")
-    resolve_device(cfg.device, quiet=True)
+    device = resolve_device(cfg.device, quiet=True)
+    _require(
+        not (cfg.sync_bn and device.type == "cpu" and distributed.world_size() > 1),
+        distributed.SYNC_BN_ON_CPU,
+    )
 
     # data set size vs batch size (before loading anything)
     d = cfg.dataset
@@ -495,7 +499,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         _fresh_start(writer, ckpts)
     # DDP last: it broadcasts rank 0's weights and buffers (equal on every rank already: same
     # seed, same masks, same checkpoint) and all-reduces gradients from here on
-    train_model = distributed.wrap(model, device)
+    train_model = distributed.wrap(model, device, sync_bn=cfg.sync_bn)
 
     def save_checkpoint(st: TrainState, epoch_file: int | None) -> Path | None:
         payload = {
