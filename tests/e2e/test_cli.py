@@ -49,6 +49,15 @@ def test_cfg_job_prints_the_composed_config(entry, tmp_path):
     assert not list(tmp_path.iterdir())  # printing the config runs nothing, writes nothing
 
 
+def test_help_names_the_app_its_usage_and_subcommands(tmp_path):
+    proc = _run([sys.executable, "-m", "sparsetrain", "--help"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("sparsetrain: train sparse neural networks")
+    assert "sparsetrain flops|report|export --help" in proc.stdout
+    assert "masking: Dense, Lottery, Pruning, RigL" in proc.stdout  # Hydra's group listing
+    assert not list(tmp_path.iterdir())
+
+
 def test_train_writes_the_reference_layout(tmp_path):
     """Default run directory: outputs/<dataset>/<exp_name>/<density>/<override dirname>/."""
     proc = _run([sys.executable, "-m", "sparsetrain", *FAST, "masking.interval=10"], tmp_path)
