@@ -15,9 +15,10 @@ VIS_TARGETS := vis vis.fmnist vis.main_result.cifar10 vis.main_result.cifar100 \
 vis:
 	$(REPORT) $(RUNS_DIR) --out $(VIS_OUT) $(VIS_FLAGS)
 
-## vis.fmnist: every table and figure for Fashion-MNIST, outputs/FashionMNIST into results/fashion-mnist
+## vis.fmnist: every table and figure for Fashion-MNIST, outputs/FashionMNIST into results/fashion-mnist; README table from it
 vis.fmnist:
 	$(REPORT) $(RUNS_DIR)/FashionMNIST --out $(VIS_OUT)/fashion-mnist $(VIS_FLAGS)
+	$(PYTHON) -m sparsetrain.report.readme $(VIS_OUT)/fashion-mnist/results.md README.md
 
 ## vis.main_result.cifar10: CIFAR-10 results table (mean ± std, FLOPs) and accuracy plots into results/cifar10
 vis.main_result.cifar10:

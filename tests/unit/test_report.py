@@ -421,3 +421,34 @@ def test_multi_seed_subdirectories_use_the_parent_config(tmp_path, capsys):
     (g,) = group_runs(runs)
     assert (g.label, g.lr, g.redistribution, g.n_seeds) == ("SNFS", 0.07, "momentum", 3)
     assert g.test_acc()[1] == pytest.approx(np.std([80.0, 82.0, 87.0], ddof=1))
+
+
+def test_readme_results_table_is_the_reports():
+    """The README's results block is exactly the committed report's accuracy tables
+    (`make vis.fmnist` rewrites both), so the two cannot drift apart."""
+    from sparsetrain.report.readme import BEGIN, END, accuracy_tables
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    block = readme[readme.index(BEGIN) + len(BEGIN) : readme.index(END)].strip()
+    report = (root / "results" / "fashion-mnist" / "results.md").read_text()
+    assert block == accuracy_tables(report)
+
+
+def test_readme_splice_replaces_only_the_marked_block():
+    from sparsetrain.errors import SparsetrainError
+    from sparsetrain.report.readme import accuracy_tables, splice
+
+    report = (
+        "# R\n\n### A · x · test accuracy by density\n\n| M | d |\n|---|---|\n| X | 1 |\n\n## B\n"
+    )
+    tables = accuracy_tables(report)
+    assert tables == "**A · x**\n\n| M | d |\n|---|---|\n| X | 1 |"
+    readme = "intro\n<!-- results-table:begin -->\nold\n<!-- results-table:end -->\nrest\n"
+    assert splice(readme, tables) == (
+        "intro\n<!-- results-table:begin -->\n" + tables + "\n<!-- results-table:end -->\nrest\n"
+    )
+    with pytest.raises(SparsetrainError, match=r"no .* block"):
+        splice("no markers", tables)
+    with pytest.raises(SparsetrainError, match="test accuracy by density"):
+        accuracy_tables("# nothing here")
