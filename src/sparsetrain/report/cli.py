@@ -16,12 +16,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from sparsetrain.report import aggregate, plots, tables
+from sparsetrain.report import aggregate, flops_check, plots, tables
 from sparsetrain.report.runs import collect_runs, find_optuna_dbs
 
 PARTS = {
     "tables": "results.csv, results.md, results.tex",
     "inference_stats": "inference_stats.md (train / test FLOPs per method and density)",
+    "flops_check": "flops_check.md (measured training FLOPs vs the closed forms, per run)",
     "accuracy": "accuracy vs density and accuracy vs training FLOPs",
     "layers": "layer-wise density bars",
     "curves": "training loss and validation accuracy curves",
@@ -129,6 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         written.append(out / "inference_stats.md")
         if parts == ["inference_stats"]:
             print(text)
+
+    if "flops_check" in parts and runs:
+        text = flops_check.markdown(runs, warn)
+        if text is not None:
+            (out / "flops_check.md").write_text(text, encoding="utf-8")
+            written.append(out / "flops_check.md")
 
     main = [g for g in groups if g.primary]  # tuning settings only in tuning figures
     palette = plots.Palette(g.display_label for g in main)

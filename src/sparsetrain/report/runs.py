@@ -91,6 +91,8 @@ class Run:
     prune_rate: float | None = None
     interval: int | None = None
     redistribution: str = "none"
+    start_when: float | None = None  # masking schedule (config), for the FLOPs closed forms
+    end_when: float | None = None
     summary: dict[str, Any] = field(default_factory=dict, repr=False)
     _metrics: list[dict[str, Any]] | None = field(default=None, repr=False)
     metrics_error: str | None = field(default=None, repr=False)
@@ -311,6 +313,8 @@ def load_run(
         prune_rate=prune_rate,
         interval=int(interval) if interval is not None else None,
         redistribution=str(redist) if redist not in (None, "") else "none",
+        start_when=_finite(_select(cfg, "masking.start_when")),
+        end_when=_finite(_select(cfg, "masking.end_when")),
         summary=summary,
     )
     return run, note

@@ -61,7 +61,7 @@ def density_tables(groups: Sequence[Group]) -> list[tuple[float, list[Group]]]:
     return out
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> list[str]:
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> list[str]:
     """A pipe table padded so the raw text lines up too. align: one of 'l'/'r'/'c' per column."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     rule = {"l": lambda w: ":" + "-" * (w - 1), "r": lambda w: "-" * (w - 1) + ":",
@@ -98,7 +98,7 @@ def markdown(groups: Sequence[Group], n_runs: int, n_skipped: int) -> str:
                 [g.display_label, fmt_acc(*g.test_acc()), fmt_flops(g), str(g.n_seeds)]
                 for g in rows
             ]
-            lines += _md_table(
+            lines += md_table(
                 ["Method", "Accuracy (Test)", "FLOPs (Train, Test)", "Seeds"], body, "lccr"
             )
             for g in rows:
@@ -123,7 +123,7 @@ def markdown(groups: Sequence[Group], n_runs: int, n_skipped: int) -> str:
                              fmt_acc(vm, vs), fmt_flops(g), str(g.n_seeds)])  # fmt: skip
             header = ["Density", "Method", "Accuracy (Test)", "Accuracy (Val)",
                       "FLOPs (Train, Test)", "Seeds"]  # fmt: skip
-            lines += [*_md_table(header, body, "llcccr"), ""]
+            lines += [*md_table(header, body, "llcccr"), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -150,7 +150,7 @@ def accuracy_matrix(groups: Sequence[Group]) -> list[str] | None:
     if m is None:
         return None
     header, rows = m
-    return _md_table(header, rows, "l" + "c" * (len(header) - 1))
+    return md_table(header, rows, "l" + "c" * (len(header) - 1))
 
 
 def inference_stats(groups: Sequence[Group]) -> str:
@@ -183,7 +183,7 @@ def inference_stats(groups: Sequence[Group]) -> str:
         lines += [
             f"## {dataset} · {model}",
             "",
-            *_md_table(header, body, "l" + "c" * len(densities)),
+            *md_table(header, body, "l" + "c" * len(densities)),
             "",
         ]
     return "\n".join(lines).rstrip() + "\n"
