@@ -609,9 +609,12 @@ class SparsityController:
             scores, capacity = {}, {}
             for layer in layers:
                 buffer = optim_state.momentum(self.optimizer, layer.param)
-                active = self.masks[layer.name]
-                scores[layer.name] = (  # masked_select: buffer[active], as a faster gather
-                    float(buffer.masked_select(active).abs().mean()) if buffer is not None else 0.0
+                active = self._active_units(layer)  # group 1: redistribution needs flat masks
+                scores[layer.name] = (  # mean |momentum| of the active weights: a gather of
+                    # the cached indices, not a pass over the whole layer
+                    float(buffer.reshape(-1).index_select(0, active).abs().mean())
+                    if buffer is not None
+                    else 0.0
                 )
                 capacity[layer.name] = layer.param.numel() // layer.group - kept[layer.name].numel()
             grows = redistribute(sum(drops.values()), scores, capacity)
