@@ -131,7 +131,7 @@ MEANING: dict[str, str] = {
     "on `torch.sparse` CSR kernels, forward and backward (see Performance).",
     "masking.scale_init": "Sparsity-aware init: multiply each unit's initial weights by "
     "sqrt(dense fan-in / active fan-in), so a sparse layer starts with the output variance its "
-    "dense initialiser intended (Evci et al. 2022). Fresh sparse inits only, not Lottery.",
+    "dense initialiser intended (Evci et al. 2022). Not applied to Lottery (exact rewind).",
     # wandb
     "wandb.use": "Log to Weights & Biases too (`metrics.jsonl` is always written). Without a "
     "key or network it logs offline and says so.",

@@ -243,7 +243,7 @@ class SparsityController:
             )
         if not self.spec.dense_model:
             self._init_masks(options.get("lottery_mask_path") or self.options.lottery_mask_path)
-            if self.options.scale_init and self.init != "lottery":  # rewound weights stay exact
+            if self.options.scale_init and not self.spec.rewind_weights:  # Lottery: exact rewind
                 for name, layer in self.layers.items():
                     rescale_to_fan_in(layer.param, self.masks[name])
         self._refresh_sparse_layers()

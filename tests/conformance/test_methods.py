@@ -172,3 +172,24 @@ def test_state_dict_roundtrip_resumes_exactly(method, lottery_ckpt):
             ctl2.end_epoch()
     assert all(torch.equal(reference[1][n], ctl2.masks[n]) for n in ctl2.masks)
     assert all(torch.equal(reference[0][n], v) for n, v in net2.state_dict().items())
+
+
+@pytest.mark.parametrize("method", ["Lottery", "RigL_reinit"])
+def test_scale_init_spares_only_the_lottery_rewind(method, lottery_ckpt):
+    """`scale_init`: Lottery keeps the rewound step-0 weights exactly; RigL_reinit, whose
+    weights are freshly initialised, gets them rescaled to the sparse fan-in."""
+    opts = options_for(method, lottery_ckpt)
+    torch.manual_seed(0)
+    plain_net = TinyNet()
+    sparsetrain.sparsify(  # the same model without scale_init
+        plain_net, torch.optim.SGD(plain_net.parameters(), lr=0.1), method, 0.25, "lottery", **opts
+    )
+    torch.manual_seed(0)
+    net = TinyNet()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    ctl = sparsetrain.sparsify(net, opt, method, 0.25, "lottery", scale_init=True, **opts)
+    weights, plain_weights = dict(net.named_parameters()), dict(plain_net.named_parameters())
+    for name, mask in ctl.masks.items():
+        same = torch.equal(weights[name], plain_weights[name])
+        sparse_rows = bool((mask.reshape(mask.shape[0], -1).sum(1) < mask[0].numel()).any())
+        assert same if method == "Lottery" or not sparse_rows else not same, name
