@@ -772,8 +772,9 @@ def sparsify(
 
     `options` are the reference config's masking fields (`prune_rate`, `interval`, `end_when`,
     `start_when`, `apply_when`, `decay_schedule`, `growth_mode`, `prune_mode`,
-    `redistribution_mode`, `dense_gradients`, `final_density`, `lottery_mask_path`) plus
-    `steps_per_epoch`, `seed` and `attach`.
+    `redistribution_mode`, `dense_gradients`, `final_density`, `lottery_mask_path`), ours
+    (`sparse_kernels`: CSR training of sparse Linear layers; `scale_init`: initial weights
+    rescaled to each unit's sparse fan-in), plus `steps_per_epoch`, `seed` and `attach`.
 
     Examples:
         >>> import torch
