@@ -32,6 +32,8 @@ import warnings
 
 import torch
 
+from sparsetrain import kernels
+
 #: below this many scores the threshold is taken directly over all candidates
 _DIRECT_BELOW = 1 << 15
 #: sampled scores for the bracket
@@ -93,12 +95,15 @@ def best_positions(
     index: torch.Tensor | None = None,
     candidates: torch.Tensor | None = None,
     n_candidates: int | None = None,
+    absolute: bool = False,
 ) -> torch.Tensor:
-    """Positions (unordered) of the k lowest, or highest, entries of the 1-D `values`, among
-    the True entries of `candidates` if given (`n_candidates`: their number, if known).
+    """Ascending positions of the k lowest, or highest, entries of the 1-D `values` (of
+    |values| if `absolute`: no copy is made on CPU), among the True entries of `candidates`
+    if given (`n_candidates`: their number, if known).
 
     Ties at the k-th value go to the lower `index[position]` (default: the lower position), so
-    an array gathered at flat indices `index` is ranked exactly as the whole layer would be."""
+    an array gathered at flat indices `index` is ranked exactly as the whole layer would be.
+    NaN ranks below every number (a diverged gradient never wins a grow)."""
     n = values.numel()
     if candidates is None:
         n_cand = n
@@ -111,6 +116,14 @@ def best_positions(
     if k >= n_cand:
         everything = torch.arange(n, device=values.device)
         return everything if candidates is None else everything[candidates]
+    if kernels.usable(values):  # one fused pass (numba) instead of several operators
+        return kernels.best_positions(
+            values, k, largest, absolute, candidates, n_cand, index, _SAMPLE
+        )
+    if absolute:
+        values = values.abs()
+    if values.isnan().any():  # NaN ranks below every number, as in the kernel
+        values = values.nan_to_num(nan=-math.inf if largest else math.inf)
     bounds = _bracket(values, candidates, k, n_cand, largest)
     chosen, idx, need = _split(values, candidates, k, bounds, largest)
     if not 0 < need <= idx.numel():  # the sample missed the threshold (rare): use all
@@ -118,9 +131,9 @@ def best_positions(
     # (index_select / masked_select: plain gathers, several times faster than x[index] on CPU)
     tiebreak = None if index is None else index.index_select(0, idx)
     picked = idx.masked_select(_pick(values.index_select(0, idx), need, largest, tiebreak))
-    if bounds[0] is None or need == k:  # one-sided: nothing was certain beyond the bracket
-        return picked
-    return torch.cat([chosen.nonzero().squeeze(1), picked])
+    if bounds[0] is not None and need < k:  # two-sided: some were certain beyond the bracket
+        picked = torch.cat([chosen.nonzero().squeeze(1), picked])
+    return picked.sort().values
 
 
 def _pick(
@@ -180,6 +193,33 @@ def _sparse_nonzero(mask: torch.Tensor) -> torch.Tensor:
     words = mask.view(torch.int64).nonzero().squeeze(1)
     pos = (words.unsqueeze(1) * 8 + torch.arange(8, device=mask.device)).reshape(-1)
     return pos[mask[pos]]
+
+
+def split_positions(
+    values: torch.Tensor, positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the values at the distinct `positions`, the other values), both in the order of
+    `values` (so an ascending index list splits into two ascending ones)."""
+    if kernels.usable(values):
+        return kernels.split(values, positions)
+    chosen = torch.zeros_like(values, dtype=torch.bool).index_fill_(0, positions, True)
+    return values.masked_select(chosen), values.masked_select(~chosen)
+
+
+def abs_at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """|values[index]| of a 1-D array (a fused gather on CPU)."""
+    if kernels.usable(values) and values.is_floating_point():
+        return kernels.abs_at(values, index)
+    return values.index_select(0, index).abs()
+
+
+def where_flag(index: torch.Tensor, flags: torch.Tensor, value: bool) -> torch.Tensor:
+    """The entries i of the index array `index` with flags[i] == value (flags: 1-D bool),
+    in their order."""
+    if kernels.usable(index):
+        return kernels.where_flag(index, flags, value)
+    picked = flags.index_select(0, index)
+    return index.masked_select(picked if value else ~picked)
 
 
 def _prime_at_least(n: int) -> int:
@@ -254,7 +294,10 @@ def random_positions(
     n_candidates: int | None = None,
 ) -> torch.Tensor:
     """Flat indices (unordered) of k candidates drawn uniformly at random, without replacement
-    (all of them when k >= their number); see `select_random`."""
+    (all of them when k >= their number); see `select_random`.
+
+    Uniform draws are accepted in order when they hit a candidate not yet taken: every accepted
+    draw is uniform over the free candidates, so the result is a uniform k-subset."""
     cand = candidates.reshape(-1)
     n = cand.numel()
     n_cand = int(torch.count_nonzero(cand)) if n_candidates is None else n_candidates
@@ -268,6 +311,10 @@ def random_positions(
         free = n_cand - (k - remaining)
         draws = math.ceil(1.2 * remaining * n / free) + 16
         idx = torch.randint(n, (draws,), generator=generator).to(cand.device)
+        if kernels.usable(idx):  # accept free candidates in draw order, in one pass
+            picks.append(kernels.accept_free(idx, cand, taken, remaining))
+            remaining -= picks[-1].numel()
+            continue
         idx = torch.unique(idx[cand[idx] & ~taken[idx]])  # a uniformly random set of free ones
         if idx.numel() > remaining:  # keep a uniformly random subset of it, in ascending order
             keep = torch.randperm(idx.numel(), generator=generator)[:remaining]

@@ -1,15 +1,47 @@
+import contextlib
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sparsetrain import kernels
 from sparsetrain.algorithms.dst import (
     drop_lowest,
     drop_lowest_magnitude,
     grow_highest,
     grow_highest_units,
 )
-from sparsetrain.ops import expand_groups, group_scores, select_highest, select_lowest
+from sparsetrain.ops import (
+    abs_at,
+    best_positions,
+    expand_groups,
+    group_scores,
+    random_positions,
+    select_highest,
+    select_lowest,
+    split_positions,
+    where_flag,
+)
+
+#: both implementations of every selection: the numba kernel (CPU default) and PyTorch's
+#: operators (CUDA, or no numba)
+BACKENDS = [
+    pytest.param(
+        True, id="kernel", marks=pytest.mark.skipif(kernels.numba is None, reason="numba")
+    ),
+    pytest.param(False, id="torch"),
+]
+
+
+@contextlib.contextmanager
+def backend(kernel: bool):
+    saved, kernels.enabled = kernels.enabled, kernel
+    try:
+        yield
+    finally:
+        kernels.enabled = saved
 
 
 def test_select_lowest_exact_k_among_candidates():
@@ -76,11 +108,13 @@ def _reference_choice(values: torch.Tensor, cand: torch.Tensor, k: int, largest:
     largest=st.booleans(),
     seed=st.integers(0, 2**16),
 )
+@pytest.mark.parametrize("kernel", BACKENDS)
 def test_large_selection_matches_stable_sort(
-    words, ragged, levels, cand_fraction, k_fraction, largest, seed
+    kernel, words, ragged, levels, cand_fraction, k_fraction, largest, seed
 ):
-    """The fast paths (compaction, sampled bracket, one- and two-sided, sparse nonzero) give
-    exactly the stable-sort choice, ties included, on layers large enough to take them."""
+    """The fast paths (compaction, sampled bracket, one- and two-sided, histogram, sparse
+    nonzero) give exactly the stable-sort choice, ties included, on layers large enough to
+    take them, in both implementations."""
     n = 8 * words + (5 if ragged else 0)
     g = torch.Generator().manual_seed(seed)
     values = torch.rand(n, generator=g)
@@ -89,19 +123,22 @@ def test_large_selection_matches_stable_sort(
     cand = torch.rand(n, generator=g) < cand_fraction
     k = int(k_fraction * int(cand.sum()))
     select = select_highest if largest else select_lowest
-    chosen = select(values, cand, k).nonzero().flatten().tolist()
+    with backend(kernel):
+        chosen = select(values, cand, k).nonzero().flatten().tolist()
     assert chosen == _reference_choice(values, cand, k, largest)
 
 
-@pytest.mark.parametrize("k", [1, 7, 300, 4_000])
-def test_best_positions_with_index_ranks_ties_by_index(k):
+@pytest.mark.parametrize("kernel", BACKENDS)
+@pytest.mark.parametrize("k", [1, 7, 300, 4_000, 30_000])
+def test_best_positions_with_index_ranks_ties_by_index(k, kernel):
     """Index form (`drop_lowest`): a gathered array ranks ties by the flat layer index, so it
     chooses exactly what the mask form chooses over the whole layer."""
     g = torch.Generator().manual_seed(k)
     n = 100_000
     magnitude = (torch.rand(n, generator=g) * 20).floor()  # many ties
-    active = torch.randperm(n, generator=g)[: n // 2]  # unordered, as the controller keeps them
-    dropped, kept = drop_lowest(magnitude[active], active, k)
+    active = torch.randperm(n, generator=g)[: n // 2]  # any order
+    with backend(kernel):
+        dropped, kept = drop_lowest(magnitude[active], active, k)
     cand = torch.zeros(n, dtype=torch.bool)
     cand[active] = True
     assert sorted(dropped.tolist()) == _reference_choice(magnitude, cand, k, largest=False)
@@ -110,7 +147,8 @@ def test_best_positions_with_index_ranks_ties_by_index(k):
 
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**16), alpha=st.floats(0.01, 0.6), structured=st.booleans())
-def test_index_form_equals_mask_form(seed, alpha, structured):
+@pytest.mark.parametrize("kernel", BACKENDS)
+def test_index_form_equals_mask_form(kernel, seed, alpha, structured):
     """The controller's index form and the documented mask form of one RigL update agree."""
     g = torch.Generator().manual_seed(seed)
     shape = (64, 32, 3, 3)
@@ -121,6 +159,8 @@ def test_index_form_equals_mask_form(seed, alpha, structured):
     unit_mask = torch.rand(units, generator=g) < 0.2
     mask = expand_groups(unit_mask, group, shape)
     k = round(alpha * int(unit_mask.sum()))
+    stack = contextlib.ExitStack()
+    stack.enter_context(backend(kernel))
     # mask form
     kept_mask = drop_lowest_magnitude(weight * mask, mask, k, group)
     new_mask = grow_highest(grad, kept_mask, k, group)
@@ -129,7 +169,71 @@ def test_index_form_equals_mask_form(seed, alpha, structured):
     magnitude = group_scores((weight * mask).abs(), group).index_select(0, active)
     _, kept = drop_lowest(magnitude, active, k)
     grown = grow_highest_units(group_scores(grad, group), kept, k)
+    stack.close()
     new_units = torch.zeros(units, dtype=torch.bool)
     new_units[torch.cat([kept, grown])] = True
     assert torch.equal(expand_groups(new_units, group, shape), new_mask)
     assert int(new_units.sum()) == int(unit_mask.sum())
+
+
+@pytest.mark.parametrize("kernel", BACKENDS)
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("n", [1_000, 200_000])
+def test_absolute_ranks_magnitudes_and_nan_ranks_last(kernel, largest, n):
+    """`absolute=True` ranks |values| without a copy; NaN never beats a number."""
+    g = torch.Generator().manual_seed(n)
+    values = torch.randn(n, generator=g)
+    values[:: n // 10] = math.nan
+    cand = torch.rand(n, generator=g) < 0.7
+    k = n // 20
+    with backend(kernel):
+        chosen = best_positions(values, k, largest=largest, candidates=cand, absolute=True).tolist()
+    magnitude = values.abs().nan_to_num(nan=-math.inf if largest else math.inf)
+    assert chosen == _reference_choice(magnitude, cand, k, largest)
+    assert not values[chosen].isnan().any()
+
+
+@pytest.mark.parametrize("kernel", BACKENDS)
+def test_index_helpers_match_their_definitions(kernel):
+    g = torch.Generator().manual_seed(0)
+    values = torch.randperm(50_000, generator=g)  # distinct indices, any order
+    positions = torch.randperm(values.numel(), generator=g)[:7_000]
+    flags = torch.rand(50_000, generator=g) < 0.3
+    weight = torch.randn(50_000, generator=g)
+    with backend(kernel):
+        taken, rest = split_positions(values, positions)
+        kept_true = where_flag(values, flags, True)
+        kept_false = where_flag(values, flags, False)
+        magnitude = abs_at(weight, values)
+    chosen = torch.zeros(values.numel(), dtype=torch.bool)
+    chosen[positions] = True
+    assert torch.equal(taken, values[chosen]) and torch.equal(rest, values[~chosen])
+    assert torch.equal(kept_true, values[flags[values]])
+    assert torch.equal(kept_false, values[~flags[values]])
+    assert torch.equal(magnitude, weight[values].abs())
+
+
+@pytest.mark.parametrize("kernel", BACKENDS)
+def test_random_positions_uniform_exact_and_deterministic(kernel):
+    """SET's grow: exactly k distinct candidates, ascending, a function of the generator
+    state, and every candidate equally likely (a 5-sigma frequency check)."""
+    cand = torch.tensor([1, 0, 1, 1, 0, 1, 1, 0, 1, 1], dtype=torch.bool)
+    trials, k = 4_000, 3
+    counts = torch.zeros(cand.numel())
+    g = torch.Generator().manual_seed(0)
+    with backend(kernel):
+        for _ in range(trials):
+            picked = random_positions(cand, k, g)
+            assert picked.numel() == k and bool(cand[picked].all())
+            assert picked.tolist() == sorted(set(picked.tolist()))
+            counts[picked] += 1
+        again = random_positions(cand, k, torch.Generator().manual_seed(7))
+        assert torch.equal(again, random_positions(cand, k, torch.Generator().manual_seed(7)))
+        big = torch.rand(300_000, generator=g) < 0.9
+        many = random_positions(big, 20_000, g)
+    p = k / int(cand.sum())
+    expected, sigma = trials * p, math.sqrt(trials * p * (1 - p))
+    assert (counts[~cand] == 0).all()
+    assert ((counts[cand] - expected).abs() < 5 * sigma).all(), counts
+    assert many.numel() == 20_000 and bool(big[many].all())
+    assert bool((many[1:] > many[:-1]).all())  # ascending, hence distinct

@@ -17,7 +17,13 @@ from collections.abc import Mapping
 import torch
 
 from sparsetrain.distributions import apportion
-from sparsetrain.ops import best_positions, expand_groups, group_scores, random_positions
+from sparsetrain.ops import (
+    best_positions,
+    expand_groups,
+    group_scores,
+    random_positions,
+    split_positions,
+)
 
 
 def _units(mask: torch.Tensor, group: int) -> torch.Tensor:
@@ -39,19 +45,22 @@ def drop_lowest(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dropped, kept): the k active units with the lowest score, and the rest.
 
-    `active` holds the active units' indices in any order and `active_scores` their scores
-    (|w|, summed per kernel when structured); ties go to the lower unit index."""
-    pos = best_positions(active_scores, k, largest=False, index=active)
-    keep = torch.ones_like(active, dtype=torch.bool).index_fill_(0, pos, False)
-    return active.index_select(0, pos), active.masked_select(keep)
+    `active` holds the active units' indices and `active_scores` their scores (|w|, summed
+    per kernel when structured); ties go to the lower unit index. Both results keep the order
+    of `active` (ascending in, ascending out)."""
+    return split_positions(active, best_positions(active_scores, k, largest=False, index=active))
 
 
-def grow_highest_units(scores: torch.Tensor, kept: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k units not in `kept` with the highest score (1-D, one per unit);
-    ties go to the lower unit index."""
+def grow_highest_units(
+    scores: torch.Tensor, kept: torch.Tensor, k: int, absolute: bool = False
+) -> torch.Tensor:
+    """Ascending indices of the k units not in `kept` with the highest score (1-D, one per
+    unit; |score| if `absolute`); ties go to the lower unit index."""
     candidates = torch.ones_like(scores, dtype=torch.bool).index_fill_(0, kept, False)
     n_cand = scores.numel() - kept.numel()
-    return best_positions(scores, k, largest=True, candidates=candidates, n_candidates=n_cand)
+    return best_positions(
+        scores, k, largest=True, candidates=candidates, n_candidates=n_cand, absolute=absolute
+    )
 
 
 def grow_random_units(

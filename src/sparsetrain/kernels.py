@@ -1,0 +1,389 @@
+"""Fused CPU selection kernel (numba): the k best entries of a layer in one pass.
+
+PyTorch's CPU operators make an exact top-k over a large layer cost several passes plus a
+`nonzero` (about 1 ns per weight each). A mask update is mostly such selections, so with them
+an update of an MLP costs most of a training step. This kernel does the same selection, with
+the same result, as `ops.best_positions`' PyTorch path, in one compiled function: a strided
+sample brackets the k-th score, one vectorised pass flags the candidates at least as good as the
+bracket, a word-wise scan compacts them, and a partition of those few finds the exact k-th.
+
+Used for CPU tensors when numba is installed (a dependency); CUDA tensors, and environments
+without numba or with `SPARSETRAIN_NUMBA=0`, use the PyTorch path. Both are tested to give
+exactly the stable-sort choice, ties included.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba is a dependency; this keeps the fallback honest
+    numba = None
+
+#: whether `best_positions` may use the kernel (tests flip it to check both paths)
+enabled = numba is not None and os.environ.get("SPARSETRAIN_NUMBA", "1") != "0"
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def usable(values: torch.Tensor) -> bool:
+    """Whether the kernels can work on `values` (CPU floats or int64 indices, enabled)."""
+    return (
+        enabled
+        and values.device.type == "cpu"
+        and (values.dtype in _DTYPES or values.dtype == torch.int64)
+    )
+
+
+def best_positions(
+    values: torch.Tensor,
+    k: int,
+    largest: bool,
+    absolute: bool,
+    candidates: torch.Tensor | None,
+    n_candidates: int,
+    tiebreak: torch.Tensor | None,
+    sample: int,
+) -> torch.Tensor:
+    """Ascending positions of the k best candidates of the 1-D `values` (of |values| if
+    `absolute`; 0 < k < `n_candidates`, their number); ties at the k-th score go to the lower `tiebreak` value (default: position).
+    `sample`: the number of strided scores that bracket the k-th (speed only)."""
+    vals = values.detach().contiguous().numpy()
+    cand = _no_bytes if candidates is None else candidates.contiguous().numpy().view(np.uint8)
+    ties = _no_index if tiebreak is None else tiebreak.contiguous().numpy()
+    if cand.shape[0] not in (0, vals.shape[0]) or ties.shape[0] not in (0, vals.shape[0]):
+        raise ValueError("candidates and tiebreak must have one entry per value")
+    return torch.from_numpy(
+        _best_positions(vals, cand, ties, k, n_candidates, largest, absolute, sample)
+    )
+
+
+def split(values: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the values at the distinct `positions`, the other values), both in `values`' order."""
+    taken, rest = _split(values.contiguous().numpy(), positions.contiguous().numpy())
+    return torch.from_numpy(taken), torch.from_numpy(rest)
+
+
+def abs_at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """|values[index]| for a 1-D float array and int64 indices, in one pass."""
+    return torch.from_numpy(_abs_at(values.detach().contiguous().numpy(), index.numpy()))
+
+
+def accept_free(
+    draws: torch.Tensor, candidates: torch.Tensor, taken: torch.Tensor, limit: int
+) -> torch.Tensor:
+    """The draws (int64) that hit a candidate not yet `taken`, at most `limit`, ascending;
+    marks them taken (bool arrays, updated in place)."""
+    cand = candidates.numpy().view(np.uint8)
+    picked = _accept_free(draws.numpy(), cand, taken.numpy().view(np.uint8), limit)
+    return torch.from_numpy(_sort_indices(picked, cand.shape[0]))
+
+
+def where_flag(index: torch.Tensor, flags: torch.Tensor, value: bool) -> torch.Tensor:
+    """The entries i of the int64 array `index` with flags[i] == value (flags: 1-D bool)."""
+    flag_bytes = flags.contiguous().numpy().view(np.uint8)
+    return torch.from_numpy(_where_flag(index.contiguous().numpy(), flag_bytes, value))
+
+
+_no_bytes = np.zeros(0, np.uint8)
+_no_index = np.zeros(0, np.int64)
+
+
+def _jit(fn=None, *, checked=False):
+    """numba.njit, cached on disk. The selection kernel is unchecked (its indices are its own);
+    `checked` helpers index with caller-given indices, so a bad one raises IndexError."""
+    if fn is None:
+        return lambda f: _jit(f, checked=checked)
+    return numba.njit(cache=True, nogil=True, boundscheck=checked)(fn) if numba else fn
+
+
+@_jit
+def _prime_at_least(n):
+    n = max(n, 2)
+    while True:
+        d = 2
+        while d * d <= n and n % d:
+            d += 1
+        if d * d > n:
+            return n
+        n += 1
+
+
+@_jit
+def _key(value, largest, absolute):
+    """Higher is better; NaN ranks below everything."""
+    if absolute:
+        value = abs(value)
+    key = value if largest else -value
+    return -np.inf if key != key else key
+
+
+@_jit
+def _kth_smallest(a, kth):
+    """The kth smallest (0-based) of `a`, which it reorders: quickselect, median-of-3 pivot."""
+    lo, hi = 0, a.shape[0] - 1
+    while hi > lo:
+        x, y, z = a[lo], a[(lo + hi) >> 1], a[hi]
+        if x > y:
+            x, y = y, x
+        pivot = max(x, min(y, z))
+        i, j = lo, hi
+        while i <= j:  # Hoare partition; the pivot's value is in the range, so both scans stop
+            while a[i] < pivot:
+                i += 1
+            while a[j] > pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if kth <= j:
+            hi = j
+        elif kth >= i:
+            lo = i
+        else:
+            break
+    return a[kth]
+
+
+@_jit
+def _bracket(vals, cand, k, n_cand, largest, absolute, sample):
+    """(worse, better, expected): keys that very likely bracket the k-th best candidate key,
+    from a strided sample (better = inf when k is too small a part of the sample to bound),
+    and about how many candidates reach `worse` (0: no bracket)."""
+    n = vals.shape[0]
+    stride = _prime_at_least(n // sample)
+    picked = np.empty(n // stride + 1, np.float64)
+    m = 0
+    for i in range(stride // 2, n, stride):
+        if cand.shape[0] == 0 or cand[i]:
+            picked[m] = _key(vals[i], largest, absolute)
+            m += 1
+    # the k-th best is near rank p*m of the sample (from the top): allow 4 standard deviations
+    p = k / n_cand
+    margin = 4 * np.sqrt(m * p * (1 - p)) + 4
+    worse_rank, better_rank = int(np.ceil(p * m + margin)), int(np.floor(p * m - margin))
+    if m < 64 or worse_rank >= m:
+        return -np.inf, np.inf, 0
+    worse = _kth_smallest(picked[:m], m - worse_rank)
+    better = np.inf
+    if better_rank >= 1:  # among the worse_rank - 1 sampled keys above `worse`
+        top = picked[m - worse_rank + 1 : m]
+        better = _kth_smallest(top, top.shape[0] - better_rank)
+    expected = int(worse_rank / m * n_cand) if worse > -np.inf else 0
+    return worse, better, expected
+
+
+#: scores are flagged in chunks that stay in the L1 cache
+_CHUNK = 4096
+#: x * _SPREAD >> 56 is j for x = 1 << 8j: the byte holding a word's lowest set flag
+_SPREAD = np.uint64(0x0001020304050607)
+
+
+@_jit
+def _flag(v, c, largest, absolute, bound, flags):
+    # one loop per case, so that LLVM vectorises each (NaN compares False: never flagged)
+    if absolute:
+        if c.shape[0] == 0:
+            for i in range(v.shape[0]):
+                flags[i] = (abs(v[i]) >= bound) if largest else (abs(v[i]) <= bound)
+        else:
+            for i in range(v.shape[0]):
+                flags[i] = ((abs(v[i]) >= bound) if largest else (abs(v[i]) <= bound)) & (c[i] != 0)
+    elif largest:
+        if c.shape[0] == 0:
+            for i in range(v.shape[0]):
+                flags[i] = v[i] >= bound
+        else:
+            for i in range(v.shape[0]):
+                flags[i] = (v[i] >= bound) & (c[i] != 0)
+    elif c.shape[0] == 0:
+        for i in range(v.shape[0]):
+            flags[i] = v[i] <= bound
+    else:
+        for i in range(v.shape[0]):
+            flags[i] = (v[i] <= bound) & (c[i] != 0)
+
+
+@_jit
+def _compact(vals, cand, largest, absolute, worse, expected):
+    """Ascending positions of the candidates whose key is at least `worse` (`expected`: about
+    how many; it picks the faster of two scans)."""
+    n = vals.shape[0]
+    bound = worse if largest else -worse
+    flags = np.zeros(_CHUNK, np.uint8)
+    words = flags.view(np.uint64)
+    out = np.empty(max(expected, _CHUNK), np.int64)
+    count = 0
+    dense = expected > n // 16
+    for start in range(0, n, _CHUNK):
+        v = vals[start : start + _CHUNK]  # slices, not offsets: these loops vectorise
+        m = v.shape[0]
+        _flag(v, cand[start : start + _CHUNK], largest, absolute, bound, flags)
+        flags[m:] = 0
+        if out.shape[0] - count < m:
+            bigger = np.empty(2 * out.shape[0] + m, np.int64)
+            bigger[:count] = out[:count]
+            out = bigger
+        if dense:  # many flagged: branch-free, every position written, the flagged kept
+            for i in range(m):
+                out[count] = start + i
+                count += flags[i]
+            continue
+        for w in range((m + 7) // 8):  # few flagged: skip 8 unflagged scores at a time
+            word = words[w]
+            while word:
+                low = word & (~word + np.uint64(1))
+                out[count] = start + 8 * w + np.int64((low * _SPREAD) >> np.uint64(56))
+                count += 1
+                word ^= low
+    return out[:count]
+
+
+#: histogram buckets for the exact k-th among the bracketed keys
+_BUCKETS = 1024
+
+
+@_jit
+def _kth_best(keys, need, lo, hi):
+    """The need-th highest of `keys` (all >= lo; not reordered). A histogram over [lo, hi]
+    (keys above hi share the top bucket) finds the bucket holding it (bucket numbers are
+    monotone in the key, so equal keys share one), and a quickselect among that bucket's
+    keys gives the exact value."""
+    c = keys.shape[0]
+    if not hi < np.inf:
+        hi = keys.max()
+    scale = _BUCKETS / (hi - lo) if hi > lo else 0.0
+    if c < 4 * _BUCKETS or not (lo > -np.inf and 0.0 < scale < np.inf):
+        return _kth_smallest(keys.copy(), c - need)
+    counts = np.zeros(_BUCKETS + 1, np.int64)
+    for j in range(c):
+        counts[np.int64(min((keys[j] - lo) * scale, _BUCKETS))] += 1
+    above, b = 0, _BUCKETS
+    while above + counts[b] < need:
+        above += counts[b]
+        b -= 1
+    bucket = np.empty(counts[b], np.float64)
+    n = 0
+    for j in range(c):
+        if np.int64(min((keys[j] - lo) * scale, _BUCKETS)) == b:
+            bucket[n] = keys[j]
+            n += 1
+    return _kth_smallest(bucket, n - (need - above))
+
+
+@_jit
+def _best_positions(vals, cand, ties, k, n_cand, largest, absolute, sample):
+    n = vals.shape[0]
+    worse, better, expected = -np.inf, np.inf, 0
+    if n > 4 * sample:
+        worse, better, expected = _bracket(vals, cand, k, n_cand, largest, absolute, sample)
+    found = expected > 0
+    pos = (
+        _compact(vals, cand, largest, absolute, worse, expected) if found else np.empty(0, np.int64)
+    )
+    if pos.shape[0] < k:  # no sample, or it missed (rare): every candidate
+        pos = np.arange(n) if cand.shape[0] == 0 else np.flatnonzero(cand)
+    if pos.shape[0] < k:
+        raise ValueError("fewer candidates than k (n_candidates is wrong)")
+    c = pos.shape[0]
+    keys = np.empty(c, np.float64)
+    for j in range(c):
+        keys[j] = _key(vals[pos[j]], largest, absolute)
+    if not found:
+        worse = keys.min()
+    threshold = _kth_best(keys, k, worse, better)
+    n_better = 0
+    for j in range(c):
+        n_better += keys[j] > threshold
+    # the rest are ties at the threshold: the lowest positions, or the lowest `ties` values
+    need_ties = k - n_better
+    chosen_ties = np.empty(0, np.bool_)
+    if ties.shape[0] != 0:
+        at = np.flatnonzero(keys == threshold)
+        if at.shape[0] > need_ties:
+            chosen_ties = np.zeros(c, np.bool_)
+            chosen_ties[at[np.argsort(ties[pos[at]], kind="mergesort")[:need_ties]]] = True
+    out = np.empty(c, np.int64)
+    taken = ties_seen = 0
+    for j in range(c):  # branch-free: every position is written, the chosen ones kept
+        tie = keys[j] == threshold
+        tie_ok = chosen_ties[j] if chosen_ties.shape[0] else ties_seen < need_ties
+        out[taken] = pos[j]
+        taken += (keys[j] > threshold) | (tie & tie_ok)
+        ties_seen += tie
+    return out[:k]
+
+
+@_jit(checked=True)
+def _split(values, positions):
+    chosen = np.zeros(values.shape[0], np.uint8)
+    for p in positions:
+        chosen[p] = 1
+    n_chosen = np.count_nonzero(chosen)
+    taken = np.empty(n_chosen + 1, values.dtype)  # + 1: a slot for the last write
+    rest = np.empty(values.shape[0] - n_chosen + 1, values.dtype)
+    t = r = 0
+    for i in range(values.shape[0]):  # branch-free: written to both, kept in one
+        taken[t] = values[i]
+        rest[r] = values[i]
+        t += chosen[i]
+        r += 1 - chosen[i]
+    return taken[:t], rest[:r]
+
+
+@_jit(checked=True)
+def _where_flag(index, flags, value):
+    out = np.empty(index.shape[0], index.dtype)
+    n = 0
+    for i in range(index.shape[0]):  # branch-free: every entry written, the wanted kept
+        out[n] = index[i]
+        n += flags[index[i]] == value
+    return out[:n]
+
+
+@_jit(checked=True)
+def _abs_at(values, index):
+    out = np.empty(index.shape[0], values.dtype)
+    for i in range(index.shape[0]):
+        out[i] = abs(values[index[i]])
+    return out
+
+
+@_jit(checked=True)
+def _accept_free(draws, cand, taken, limit):
+    out = np.empty(min(limit, draws.shape[0]), np.int64)
+    n = 0
+    for d in draws:
+        if n == out.shape[0]:
+            break
+        if cand[d] and not taken[d]:
+            taken[d] = 1
+            out[n] = d
+            n += 1
+    return out[:n]
+
+
+@_jit
+def _sort_indices(a, end):
+    """`a` (distinct ints in [0, end)) sorted: an LSD radix sort, 11 bits per pass (a
+    comparison sort of 30k numbers costs ~1 ms on a CPU core, this ~0.1 ms)."""
+    src, dst = a.copy(), np.empty_like(a)
+    shift = 0
+    while (end - 1) >> shift > 0 or shift == 0:
+        counts = np.zeros(2049, np.int64)
+        for v in src:
+            counts[((v >> shift) & 2047) + 1] += 1
+        for d in range(2048):
+            counts[d + 1] += counts[d]
+        for v in src:
+            d = (v >> shift) & 2047
+            dst[counts[d]] = v
+            counts[d] += 1
+        src, dst = dst, src
+        shift += 11
+    return src
