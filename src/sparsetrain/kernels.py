@@ -83,6 +83,21 @@ def accept_free(
     return torch.from_numpy(_sort_indices(picked, cand.shape[0]))
 
 
+def apply_index_changes(
+    before: torch.Tensor, dropped: torch.Tensor, grown: torch.Tensor, ever: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`ops.apply_index_changes` for 1-D CPU masks, in one call."""
+    after = before.clone()
+    gone, fresh, first_time = _apply_index_changes(
+        before.contiguous().numpy().view(np.uint8),
+        after.numpy().view(np.uint8),
+        dropped.numpy(),
+        grown.numpy(),
+        ever.numpy().view(np.uint8),
+    )
+    return after, torch.from_numpy(gone), torch.from_numpy(fresh), torch.from_numpy(first_time)
+
+
 def where_flag(index: torch.Tensor, flags: torch.Tensor, value: bool) -> torch.Tensor:
     """The entries i of the int64 array `index` with flags[i] == value (flags: 1-D bool)."""
     flag_bytes = flags.contiguous().numpy().view(np.uint8)
@@ -387,3 +402,17 @@ def _sort_indices(a, end):
         src, dst = dst, src
         shift += 11
     return src
+
+
+@_jit(checked=True)
+def _apply_index_changes(before, after, dropped, grown, ever):
+    for d in dropped:
+        after[d] = 0
+    for g in grown:
+        after[g] = 1
+    gone = _where_flag(dropped, after, 0)
+    fresh = _where_flag(grown, before, 0)
+    first_time = _where_flag(fresh, ever, 0)
+    for f in first_time:
+        ever[f] = 1
+    return gone, fresh, first_time

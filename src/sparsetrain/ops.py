@@ -213,6 +213,23 @@ def abs_at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return values.index_select(0, index).abs()
 
 
+def apply_index_changes(
+    before: torch.Tensor, dropped: torch.Tensor, grown: torch.Tensor, ever: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(after, gone, fresh, first_time) of one drop-and-grow on a 1-D bool unit mask `before`:
+    the new mask, the dropped units not regrown, the grown units that were inactive, and those
+    of them never active before, which are marked in `ever` (the ever-active record: a 1-D
+    unit mask, or one row per unit) in place. One pass on CPU."""
+    if kernels.usable(dropped) and ever.dim() == 1 and before.device.type == "cpu":
+        return kernels.apply_index_changes(before, dropped, grown, ever)
+    after = before.clone().index_fill_(0, dropped, False).index_fill_(0, grown, True)
+    gone = where_flag(dropped, after, False)
+    fresh = where_flag(grown, before, False)
+    first_time = where_flag(fresh, ever if ever.dim() == 1 else ever[:, 0], False)
+    ever.index_fill_(0, first_time, True)
+    return after, gone, fresh, first_time
+
+
 def where_flag(index: torch.Tensor, flags: torch.Tensor, value: bool) -> torch.Tensor:
     """The entries i of the index array `index` with flags[i] == value (flags: 1-D bool),
     in their order."""

@@ -15,6 +15,7 @@ from sparsetrain.algorithms.dst import (
 )
 from sparsetrain.ops import (
     abs_at,
+    apply_index_changes,
     best_positions,
     expand_groups,
     group_scores,
@@ -237,3 +238,16 @@ def test_random_positions_uniform_exact_and_deterministic(kernel):
     assert ((counts[cand] - expected).abs() < 5 * sigma).all(), counts
     assert many.numel() == 20_000 and bool(big[many].all())
     assert bool((many[1:] > many[:-1]).all())  # ascending, hence distinct
+
+
+@pytest.mark.parametrize("kernel", BACKENDS)
+def test_apply_index_changes_by_hand(kernel):
+    before = torch.tensor([1, 1, 0, 1, 0, 0, 1, 0], dtype=torch.bool)
+    ever = torch.tensor([1, 1, 1, 1, 0, 0, 1, 0], dtype=torch.bool)
+    dropped, grown = torch.tensor([1, 6]), torch.tensor([1, 2, 5])  # 1 dropped and regrown
+    with backend(kernel):
+        after, gone, fresh, first_time = apply_index_changes(before, dropped, grown, ever)
+    assert after.int().tolist() == [1, 1, 1, 1, 0, 1, 0, 0]
+    assert gone.tolist() == [6] and fresh.tolist() == [2, 5] and first_time.tolist() == [5]
+    assert ever.int().tolist() == [1, 1, 1, 1, 0, 1, 1, 0]
+    assert before.int().tolist() == [1, 1, 0, 1, 0, 0, 1, 0]  # not edited in place
