@@ -177,6 +177,17 @@ class _Factors:
             cached = self._cache[name] = (mask, mask._version, factor)
         return cached[2] if cached[2].dtype == like.dtype else _as_factor(mask)
 
+    def changed(
+        self, name: str, mask: torch.Tensor, off: torch.Tensor, on: torch.Tensor, group: int
+    ) -> None:
+        """`mask` replaces the layer's mask, differing from the old one at the `off` and `on`
+        unit indices: the float copy is patched there (O(changes), not a full conversion)."""
+        cached = self._cache.get(name)
+        if cached is not None:
+            units = _units_view(cached[2], group)
+            units.index_fill_(0, off, 0).index_fill_(0, on, 1)
+            self._cache[name] = (mask, mask._version, cached[2])
+
 
 @dataclass
 class _Layer:
@@ -698,6 +709,7 @@ class SparsityController:
             if name in self._ever_count:
                 self._ever_count[name] += new_to_ever.numel() * layer.group
             self.masks[name] = expand_groups(after, layer.group, layer.param.shape)
+            self._factor.changed(name, self.masks[name], gone, fresh, layer.group)
             self._active[name] = torch.cat([kept, grown])  # two ascending runs
             layer.budget += (grown.numel() - dropped.numel()) * layer.group
             created += fresh.numel() * layer.group
