@@ -127,7 +127,7 @@ MEANING: dict[str, str] = {
     "(Lottery, RigL_reinit); built from the two keys above by default.",
     "masking.print_FLOPs": "Reference flag; FLOPs are always accounted and written to "
     "`summary.json`.",
-    "masking.sparse_kernels": "Train Linear layers at density <= 0.1 (and >= 65,536 weights) "
+    "masking.sparse_kernels": "Train Linear layers at density <= 0.05 (and >= 65,536 weights) "
     "on `torch.sparse` CSR kernels, forward and backward (see Performance).",
     "masking.scale_init": "Sparsity-aware init: multiply each unit's initial weights by "
     "sqrt(dense fan-in / active fan-in), so a sparse layer starts with the output variance its "

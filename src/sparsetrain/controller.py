@@ -71,11 +71,13 @@ GROWTH_MODES = ("absolute-gradient", "momentum", "random", "none")
 PRUNE_MODES = ("magnitude", "global-magnitude")
 REDISTRIBUTION_MODES = ("none", "momentum")
 APPLY_WHEN = ("step_end", "epoch_end")
-#: reference config keys accepted (and ignored here) so a masking config can be passed whole
 #: `sparse_kernels=True`: a Linear layer trains on CSR kernels at or below this density when it
-#: has at least CSR_MIN_NUMEL weights (measured break-even ~0.15 on CPU; benchmarks/results.md)
-CSR_MAX_DENSITY = 0.1
+#: has at least CSR_MIN_NUMEL weights. Measured break-even (benchmarks/results.md) is between
+#: 0.05 and 0.1 and moves with the machine (MLP end to end at 0.1: 0.93x of a dense step on one,
+#: 1.18x on another; at 0.05 a win on both), so the cut is 0.05.
+CSR_MAX_DENSITY = 0.05
 CSR_MIN_NUMEL = 1 << 16
+#: reference config keys accepted (and ignored here) so a masking config can be passed whole
 PASSIVE_KEYS = (
     "name",
     "density",

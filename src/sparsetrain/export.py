@@ -9,8 +9,9 @@ y = x Wᵀ + b computed as `addmm(b, W_csr, xᵀ)ᵀ`) only where that wins: by 
 density is at most `max_density` and it is large enough for the kernel's fixed cost to pay
 (`min_numel`). Pass `example_input` to decide per layer by timing both kernels on the inputs
 the layer really sees. Measured on 2 CPU threads (`make bench`, benchmarks/results.md): a
-4096-4096-4096-10 MLP at batch 64 runs about 4× faster at density 0.05 and gains nothing at
-0.2 or above, so the default cut is 0.15.
+4096-4096-4096-10 MLP at batch 64 runs about 5× faster at density 0.05; one 4096×4096 layer
+gains 1.9× at density 0.2, 1.3× at 0.3, nothing at 0.4 and loses at 0.5 (0.8×), so the
+default cut is 0.25.
 
 Convolutions stay dense: on CPU, unfolding the input for a sparse matrix product costs several
 times a whole dense (oneDNN) convolution on its own, at any density (measured in the benchmark).
@@ -39,7 +40,7 @@ from sparsetrain.masks import unwrap
 
 EXPORT_FORMAT = "sparsetrain-csr-1"
 #: default density at or below which a Linear layer uses the CSR kernel (see module docstring)
-MAX_DENSITY = 0.15
+MAX_DENSITY = 0.25
 #: layers smaller than this many weights stay dense (kernel launch cost dominates)
 MIN_NUMEL = 1 << 14
 

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "--max-density",
         type=float,
         default=None,
-        help="Linear layers at or below this density use CSR (default: the measured cut, 0.15)",
+        help="Linear layers at or below this density use CSR (default: the measured cut, 0.25)",
     )
     try:  # --help and usage errors: argparse's message, then an exit code (not SystemExit)
         args = parser.parse_args(argv)
