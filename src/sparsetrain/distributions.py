@@ -158,7 +158,10 @@ def layer_budgets(
     groups = {n: group_size(layer.shape, structured) for n, layer in layers.items()}
     unit_targets = {n: targets[n] / groups[n] for n in layers}
     unit_caps = {n: layers[n].numel // groups[n] for n in layers}
-    total_units = round(sum(unit_targets.values()))
+    if structured:  # whole kernels: the total is the rounded sum of kernel targets
+        total_units = round(sum(unit_targets.values()))
+    else:  # exactly round(d·N), not the float sum of the targets (22.5 may sum to 22.500001)
+        total_units = round(density * sum(layer.numel for layer in layers.values()))
     if density == 1.0:
         return {n: layers[n].numel for n in layers}
     units = apportion(unit_targets, unit_caps, total_units)

@@ -42,3 +42,15 @@ def test_erk_gives_small_layers_higher_density(small, big, density):
     }
     b = layer_budgets(layers, density, "ERK")
     assert b["small.weight"] / small**2 >= b["big.weight"] / big**2 - 1 / big**2
+
+
+def test_budget_total_is_round_of_density_times_total_at_a_half():
+    """Found by hypothesis: the float targets (first conv dense) summed to 22.500000000000004,
+    which rounded to 23 instead of round(0.5 · 45) = 22."""
+    layers = {
+        "c0.weight": LayerShape((1, 4, 1, 1), True),
+        "c1.weight": LayerShape((1, 11, 1, 1), True),
+        "c2.weight": LayerShape((1, 17, 1, 1), True),
+        "f0.weight": LayerShape((1, 13), False),
+    }
+    assert sum(layer_budgets(layers, 0.5, "random").values()) == round(0.5 * 45)
