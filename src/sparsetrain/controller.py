@@ -648,12 +648,12 @@ class SparsityController:
         Works on unit indices (`algorithms.dst` index form): the drop looks at the active
         units only, the grow makes one pass over the layer's scores. Layers are independent
         apart from SNFS's redistribution, settled between the drop and the grow phase.
-        (Running layers on threads was measured: no faster on CPU, the glue holds the GIL.)"""
+        (Layers on threads were measured: no faster on CPU, the glue holds the GIL.)"""
         layers = self._dynamic()
         drops = {layer.name: round(alpha * self._active_units(layer).numel()) for layer in layers}
-        drop_results = [self._drop(layer, drops[layer.name]) for layer in layers]
-        dropped = {layer.name: result[0] for layer, result in zip(layers, drop_results)}
-        kept = {layer.name: result[1] for layer, result in zip(layers, drop_results)}
+        dropped, kept = {}, {}
+        for layer in layers:
+            dropped[layer.name], kept[layer.name] = self._drop(layer, drops[layer.name])
         grows = drops
         if self.options.redistribution_mode == "momentum" and layers:
             scores, capacity = {}, {}
@@ -666,22 +666,12 @@ class SparsityController:
                 )
                 capacity[layer.name] = layer.param.numel() // layer.group - kept[layer.name].numel()
             grows = redistribute(sum(drops.values()), scores, capacity)
-        random_grown = {}
-        if self.options.growth_mode == "random":  # = the highest of uniform random scores
-            for layer in layers:  # in layer order: the draws come from the one generator
-                units = layer.param.numel() // layer.group
-                random_grown[layer.name] = grow_random_units(
-                    units, kept[layer.name], grows[layer.name], self.generator
-                )
-
-        def grow_and_commit(layer: _Layer) -> int:
+        created = 0
+        for layer in layers:  # in layer order: random grows draw from the one generator
             name = layer.name
-            grown = random_grown.get(name)
-            if grown is None:
-                grown = self._grow(layer, kept[name], grows[name])
-            return self._commit_layer(layer, dropped[name], kept[name], grown)
-
-        return sum(grow_and_commit(layer) for layer in layers)
+            grown = self._grow(layer, kept[name], grows[name])
+            created += self._commit_layer(layer, dropped[name], kept[name], grown)
+        return created
 
     def _drop(self, layer: _Layer, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(dropped, kept) unit indices: the k active units of smallest magnitude, the rest."""
@@ -694,7 +684,11 @@ class SparsityController:
         return drop_lowest(magnitude, active, k)
 
     def _grow(self, layer: _Layer, kept: torch.Tensor, k: int) -> torch.Tensor:
-        """Ascending unit indices of the k units not in `kept` with the highest |grow score|."""
+        """Ascending unit indices of the k units not in `kept` with the highest |grow score|
+        (random growth: k units drawn uniformly, = the highest of uniform random scores)."""
+        if self.options.growth_mode == "random":
+            units = layer.param.numel() // layer.group
+            return grow_random_units(units, kept, k, self.generator)
         if layer.group == 1:  # |score| is taken inside the selection (no copy on CPU)
             score = self._grow_score(layer).reshape(-1)
             return grow_highest_units(score, kept, k, absolute=True)
