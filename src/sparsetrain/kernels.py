@@ -301,7 +301,9 @@ def _best_positions(vals, cand, ties, k, n_cand, largest, absolute, sample):
     pos = (
         _compact(vals, cand, largest, absolute, worse, expected) if found else np.empty(0, np.int64)
     )
-    if pos.shape[0] < k:  # no sample, or it missed (rare): every candidate
+    if pos.shape[0] < k:  # no sample, or it missed (rare): every candidate, no bracket
+        found = False  # (keys below the missed bound must not index the histogram)
+        better = np.inf
         pos = np.arange(n) if cand.shape[0] == 0 else np.flatnonzero(cand)
     if pos.shape[0] < k:
         raise ValueError("fewer candidates than k (n_candidates is wrong)")

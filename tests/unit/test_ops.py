@@ -251,3 +251,19 @@ def test_apply_index_changes_by_hand(kernel):
     assert gone.tolist() == [6] and fresh.tolist() == [2, 5] and first_time.tolist() == [5]
     assert ever.int().tolist() == [1, 1, 1, 1, 0, 1, 1, 0]
     assert before.int().tolist() == [1, 1, 0, 1, 0, 0, 1, 0]  # not edited in place
+
+
+@pytest.mark.skipif(kernels.numba is None, reason="numba")
+def test_kernel_selection_exact_when_the_sample_misses_the_kth():
+    """A strided sample that sees only outliers brackets the k-th best far too high: the
+    kernel must fall back to every candidate (regression: it built its histogram from the
+    missed bound, picked wrong entries and could write out of bounds)."""
+    n, sample, k = 10_000, 128, 500
+    stride = kernels._prime_at_least(n // sample)
+    g = torch.Generator().manual_seed(0)
+    values = torch.rand(n, generator=g, dtype=torch.float64) * 0.5
+    sampled = values[stride // 2 :: stride]
+    sampled.copy_(1.0 + torch.rand(sampled.shape, generator=g, dtype=torch.float64))
+    got = kernels.best_positions(values, k, True, False, None, n, None, sample)
+    want = torch.sort(-values, stable=True).indices[:k].sort().values
+    assert torch.equal(got, want)
