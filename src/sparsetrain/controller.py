@@ -56,6 +56,7 @@ from sparsetrain.ops import (
     abs_at,
     apply_index_changes,
     csr_linear,
+    drop_lowest_abs,
     expand_groups,
     group_scores,
 )
@@ -678,9 +679,9 @@ class SparsityController:
         active = self._active_units(layer)
         weight = layer.param.detach()
         if layer.group == 1:
-            magnitude = abs_at(weight.reshape(-1), active)
-        else:  # a kernel's magnitude: the sum over its k×k weights
-            magnitude = weight.reshape(-1, layer.group)[active].abs().sum(1)
+            return drop_lowest_abs(weight.reshape(-1), active, k)
+        # a kernel's magnitude: the sum over its k×k weights
+        magnitude = weight.reshape(-1, layer.group)[active].abs().sum(1)
         return drop_lowest(magnitude, active, k)
 
     def _grow(self, layer: _Layer, kept: torch.Tensor, k: int) -> torch.Tensor:

@@ -68,6 +68,14 @@ def split(values: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, 
     return torch.from_numpy(taken), torch.from_numpy(rest)
 
 
+def drop_lowest_abs(
+    values: torch.Tensor, index: torch.Tensor, k: int, sample: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`ops.drop_lowest_abs` for a 1-D CPU float array: gather, select and split in one call."""
+    dropped, kept = _drop_lowest_abs(values.detach().contiguous().numpy(), index.numpy(), k, sample)
+    return torch.from_numpy(dropped), torch.from_numpy(kept)
+
+
 def abs_at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """|values[index]| for a 1-D float array and int64 indices, in one pass."""
     return torch.from_numpy(_abs_at(values.detach().contiguous().numpy(), index.numpy()))
@@ -334,6 +342,65 @@ def _best_positions(vals, cand, ties, k, n_cand, largest, absolute, sample):
         taken += (keys[j] > threshold) | (tie & tie_ok)
         ties_seen += tie
     return out[:k]
+
+
+@_jit(checked=True)
+def _drop_lowest_abs(vals, index, k, sample):
+    """The drop's selection fused (ranks as `_best_positions` on -|vals[index]|): a gather,
+    a strided sample that brackets the k-th smallest magnitude, one pass that counts the
+    magnitudes below the bracket and collects the few inside it, the exact k-th among those,
+    and a split pass. NaN ranks as +inf (dropped last); ties go to the lower index."""
+    c = index.shape[0]
+    keys = np.empty(c, vals.dtype)
+    for j in range(c):
+        a = abs(vals[index[j]])
+        keys[j] = a if a == a else np.inf
+    lo, hi = -np.inf, np.inf
+    stride = _prime_at_least(c // sample)
+    if c >= 4 * sample:
+        picked = keys[stride // 2 :: stride].copy()
+        m = picked.shape[0]
+        p = k / c
+        margin = 4 * np.sqrt(m * p * (1 - p)) + 4
+        lo_rank, hi_rank = int(np.floor(p * m - margin)), int(np.ceil(p * m + margin))
+        if lo_rank >= 1 and hi_rank < m:
+            hi = _kth_smallest(picked, hi_rank)
+            lo = _kth_smallest(picked[:hi_rank], lo_rank)  # (quickselect left these below)
+    below = 0
+    band = np.empty(c, np.int64)
+    n_band = 0
+    for j in range(c):  # branch-free: below the bracket counted, inside it collected
+        key = keys[j]
+        below += key < lo
+        band[n_band] = j
+        n_band += (key >= lo) & (key <= hi)
+    need = k - below
+    if not 1 <= need <= n_band:  # the sample missed (rare): everything is the band
+        below, need, n_band = 0, k, c
+        band[:c] = np.arange(c)
+    band_keys = np.empty(n_band, keys.dtype)
+    for i in range(n_band):
+        band_keys[i] = keys[band[i]]
+    threshold = _kth_smallest(band_keys.copy(), need - 1)
+    need_ties = need - np.count_nonzero(band_keys < threshold)
+    tie = np.flatnonzero(band_keys == threshold)
+    take_tie = np.zeros(0, np.bool_)
+    if tie.shape[0] > need_ties:  # too many ties at the threshold: the lowest indices
+        take_tie = np.zeros(c, np.bool_)
+        ties = band[tie]
+        take_tie[ties[np.argsort(index[ties], kind="mergesort")[:need_ties]]] = True
+    dropped = np.empty(k + 1, np.int64)  # + 1: a slot for the last write of each
+    kept = np.empty(c - k + 1, np.int64)
+    d = 0
+    for j in range(c):  # branch-free: written to both, kept in one
+        key = keys[j]
+        drop = (key < threshold) | (
+            (key == threshold) & (take_tie[j] if take_tie.shape[0] else True)
+        )
+        dropped[d] = index[j]
+        kept[j - d] = index[j]
+        d += drop
+    return dropped[:k], kept[: c - k]
 
 
 @_jit(checked=True)

@@ -213,6 +213,18 @@ def abs_at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return values.index_select(0, index).abs()
 
 
+def drop_lowest_abs(
+    values: torch.Tensor, index: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dropped, kept): the k entries of the int64 `index` at which the 1-D `values` has the
+    smallest magnitude, and the rest, both in `index`'s order. Ties go to the lower index and
+    NaN ranks as the largest magnitude (as `best_positions` on the gathered |values|)."""
+    if 0 < k < index.numel() and kernels.usable(values) and values.is_floating_point():
+        return kernels.drop_lowest_abs(values, index, k, _SAMPLE // 2)  # gather+select+split
+    positions = best_positions(abs_at(values, index), k, largest=False, index=index)
+    return split_positions(index, positions)
+
+
 def apply_index_changes(
     before: torch.Tensor, dropped: torch.Tensor, grown: torch.Tensor, ever: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -17,6 +17,7 @@ from sparsetrain.ops import (
     abs_at,
     apply_index_changes,
     best_positions,
+    drop_lowest_abs,
     expand_groups,
     group_scores,
     random_positions,
@@ -144,6 +145,73 @@ def test_best_positions_with_index_ranks_ties_by_index(k, kernel):
     cand[active] = True
     assert sorted(dropped.tolist()) == _reference_choice(magnitude, cand, k, largest=False)
     assert sorted(kept.tolist() + dropped.tolist()) == sorted(active.tolist())
+
+
+@pytest.mark.parametrize("kernel", BACKENDS)
+def test_drop_lowest_abs_by_hand(kernel):
+    """The controller's drop (gather |w|, select, split in one call), worked by hand."""
+    weight = torch.tensor([0.5, -0.1, 0.0, 0.8, math.nan, -0.3, 0.2, -0.2])
+    active = torch.tensor([7, 0, 1, 3, 4, 5, 6])  # any order; index 2 inactive
+    with backend(kernel):
+        # |w| at 7,0,1,3,4,5,6: .2 .5 .1 .8 nan .3 .2 -> lowest three: 1 (.1), then the tie
+        # at .2 goes to the lower index: 6 before 7
+        dropped, kept = drop_lowest_abs(weight, active, 3)
+        assert dropped.tolist() == [7, 1, 6] and kept.tolist() == [0, 3, 4, 5]
+        # NaN ranks as the largest magnitude: dropped last
+        assert drop_lowest_abs(weight, active, 6)[1].tolist() == [4]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n_active=st.integers(1, 60_000),  # above and below the bracket's threshold
+    levels=st.sampled_from([0, 3, 50]),  # 0: continuous magnitudes; else heavy ties
+    k_fraction=st.one_of(st.sampled_from([0.0, 0.01, 0.3, 0.5, 1.0]), st.floats(0.0, 1.0)),
+    specials=st.booleans(),  # NaN and inf weights
+    double=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+@pytest.mark.parametrize("kernel", BACKENDS)
+def test_drop_lowest_abs_matches_stable_sort(
+    kernel, n_active, levels, k_fraction, specials, double, seed
+):
+    """The fused drop chooses exactly the stable sort of (|w|, index) among the active
+    weights, NaN ranking with +inf, and keeps both outputs in the order of `active`."""
+    g = torch.Generator().manual_seed(seed)
+    n = 2 * n_active
+    weight = torch.randn(n, generator=g, dtype=torch.float64 if double else torch.float32)
+    if levels:
+        weight = (weight * levels).round()
+    if specials:
+        weight[torch.rand(n, generator=g) < 0.01] = math.nan
+        weight[torch.rand(n, generator=g) < 0.01] = -math.inf
+    active = torch.randperm(n, generator=g)[:n_active]
+    k = int(k_fraction * n_active)
+    with backend(kernel):
+        dropped, kept = drop_lowest_abs(weight, active, k)
+    cand = torch.zeros(n, dtype=torch.bool)
+    cand[active] = True
+    magnitude = weight.abs().nan_to_num(nan=math.inf)
+    assert sorted(dropped.tolist()) == _reference_choice(magnitude, cand, k, largest=False)
+    order = {int(i): j for j, i in enumerate(active)}
+    for part in (dropped.tolist(), kept.tolist()):
+        assert [order[i] for i in part] == sorted(order[i] for i in part)
+    assert len(kept) + len(dropped) == n_active
+
+
+@pytest.mark.skipif(kernels.numba is None, reason="numba")
+def test_fused_drop_exact_when_the_sample_misses_the_kth():
+    """Sampled magnitudes that are all outliers bracket the k-th far too high: the fused
+    drop must rank every active weight instead (its fallback)."""
+    n, sample, k = 20_000, 128, 10_000
+    stride = kernels._prime_at_least(n // sample)
+    g = torch.Generator().manual_seed(1)
+    weight = torch.rand(n, generator=g, dtype=torch.float64)
+    weight[stride // 2 :: stride] = 5.0 + torch.rand(
+        weight[stride // 2 :: stride].shape, generator=g, dtype=torch.float64
+    )
+    active = torch.arange(n)
+    dropped, _ = kernels.drop_lowest_abs(weight, active, k, sample)
+    assert torch.equal(dropped, torch.sort(weight, stable=True).indices[:k].sort().values)
 
 
 @settings(max_examples=10, deadline=None)
