@@ -87,6 +87,14 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def middle_half(values: list[float]) -> tuple[float, float] | None:
+    """(first, third) quartile: how much the per-round ratios scatter (the machine's noise)."""
+    if len(values) < 4:
+        return None
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return q1, q3
+
+
 # --------------------------------------------------------------------------- the peer
 def load_rigl_torch() -> tuple[Any, str]:
     """rigl-torch's RigLScheduler, importing it with a stand-in `torchvision` module (it only
@@ -221,7 +229,7 @@ def bench_training(
     dense_per_round = [median(t) for t in dense.step_times]
     rows = {}
     for v in variants:
-        step_ratio = median([median(t) / d for t, d in zip(v.step_times, dense_per_round)])
+        step_ratios = [median(t) / d for t, d in zip(v.step_times, dense_per_round)]
         update_ratio = (
             median([u / d for u, d in zip(v.update_times, dense_per_round)])
             if v.update_times
@@ -229,7 +237,8 @@ def bench_training(
         )
         rows[v.kind] = {
             "step_ms": 1e3 * median([median(t) for t in v.step_times]),
-            "step_ratio": step_ratio,
+            "step_ratio": median(step_ratios),
+            "step_iqr": middle_half(step_ratios),
             "update_ms": 1e3 * median(v.update_times) if v.update_times else None,
             "update_ratio": update_ratio,
         }
@@ -488,7 +497,8 @@ def render(results: dict, meta: dict) -> str:
         ),
         "Ratios are medians over rounds of per-round ratios (dense and sparse measured back to back",
         "in the same process). Density 0.1 (ERK for ours; rigl-torch: uniform, first layer dense,",
-        "its only distribution). ✓/✗: issue-10 target.",
+        "its only distribution). ✓/✗: issue-10 target. `middle half of rounds`: first to third",
+        "quartile of the per-round step ratios, the spread the machine's noise puts on the median.",
         "",
     ]
     for r in results.get("train", []):
@@ -497,17 +507,19 @@ def render(results: dict, meta: dict) -> str:
             "",
             f"{r['rounds']} rounds x {r['steps']} steps per variant.",
             "",
-            "| variant | step (ms) | masked step / dense step | update (ms) | update / dense step |",
-            "|---|---:|---:|---:|---:|",
+            "| variant | step (ms) | masked step / dense step | middle half of rounds | update (ms) | update / dense step |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for kind, row in r["rows"].items():
             step_target = TARGETS.get((r["model"], "step")) if kind in ("Static", "RigL") else None
             upd_target = (
                 TARGETS.get((r["model"], "update")) if kind in ("RigL", "SET", "SNFS") else None
             )
+            iqr = row["step_iqr"] if kind != "dense" else None
+            spread = "—" if iqr is None else f"{iqr[0]:.3f}–{iqr[1]:.3f}"
             lines.append(
                 f"| {kind} | {fmt(row['step_ms'], 1)} | {fmt(row['step_ratio'])}{mark(row['step_ratio'], step_target)} "
-                f"| {fmt(row['update_ms'], 1)} | {fmt(row['update_ratio'])}{mark(row['update_ratio'], upd_target)} |"
+                f"| {spread} | {fmt(row['update_ms'], 1)} | {fmt(row['update_ratio'])}{mark(row['update_ratio'], upd_target)} |"
             )
         lines.append("")
     if "syncs" in results:
