@@ -153,8 +153,10 @@ def test_drop_lowest_abs_by_hand(kernel):
     weight = torch.tensor([0.5, -0.1, 0.0, 0.8, math.nan, -0.3, 0.2, -0.2])
     active = torch.tensor([7, 0, 1, 3, 4, 5, 6])  # any order; index 2 inactive
     with backend(kernel):
-        # |w| at 7,0,1,3,4,5,6: .2 .5 .1 .8 nan .3 .2 -> lowest three: 1 (.1), then the tie
-        # at .2 goes to the lower index: 6 before 7
+        # |w| at 7,0,1,3,4,5,6: .2 .5 .1 .8 nan .3 .2 -> the lowest two: 1 (.1), then one of
+        # the tie at .2, which goes to the lower index 6, not 7; outputs keep `active`'s order
+        dropped, kept = drop_lowest_abs(weight, active, 2)
+        assert dropped.tolist() == [1, 6] and kept.tolist() == [7, 0, 3, 4, 5]
         dropped, kept = drop_lowest_abs(weight, active, 3)
         assert dropped.tolist() == [7, 1, 6] and kept.tolist() == [0, 3, 4, 5]
         # NaN ranks as the largest magnitude: dropped last
