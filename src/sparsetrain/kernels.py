@@ -86,14 +86,13 @@ def abs_at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(_abs_at(values.detach().contiguous().numpy(), index.numpy()))
 
 
-def accept_free(
-    draws: torch.Tensor, candidates: torch.Tensor, taken: torch.Tensor, limit: int
-) -> torch.Tensor:
-    """The draws (int64) that hit a candidate not yet `taken`, at most `limit`, ascending;
-    marks them taken (bool arrays, updated in place)."""
-    cand = candidates.numpy().view(np.uint8)
-    picked = _accept_free(draws.numpy(), cand, taken.numpy().view(np.uint8), limit)
-    return torch.from_numpy(_sort_indices(picked, cand.shape[0]))
+def accept_free(draws: torch.Tensor, free: torch.Tensor, limit: int) -> torch.Tensor:
+    """The draws (int64) that hit a `free` entry, at most `limit`, ascending; clears them in
+    `free` (a bool array, updated in place)."""
+    flags = free.numpy().view(np.uint8)
+    return torch.from_numpy(
+        _sort_indices(_accept_free(draws.numpy(), flags, limit), flags.shape[0])
+    )
 
 
 def apply_index_changes(
@@ -445,14 +444,14 @@ def _abs_at(values, index):
 
 
 @_jit(checked=True)
-def _accept_free(draws, cand, taken, limit):
+def _accept_free(draws, free, limit):
     out = np.empty(min(limit, draws.shape[0]), np.int64)
     n = 0
     for d in draws:
         if n == out.shape[0]:
             break
-        if cand[d] and not taken[d]:
-            taken[d] = 1
+        if free[d]:
+            free[d] = 0
             out[n] = d
             n += 1
     return out[:n]

@@ -321,9 +321,12 @@ def random_positions(
     k: int,
     generator: torch.Generator | None = None,
     n_candidates: int | None = None,
+    in_place: bool = False,
 ) -> torch.Tensor:
     """Flat indices (unordered) of k candidates drawn uniformly at random, without replacement
-    (all of them when k >= their number); see `select_random`.
+    (all of them when k >= their number); see `select_random`. With `in_place` the drawn
+    candidates are cleared in `candidates` (a scratch mask the caller no longer needs),
+    which saves copying it.
 
     Uniform draws are accepted in order when they hit a candidate not yet taken: every accepted
     draw is uniform over the free candidates, so the result is a uniform k-subset."""
@@ -332,25 +335,26 @@ def random_positions(
     n_cand = int(torch.count_nonzero(cand)) if n_candidates is None else n_candidates
     if k >= n_cand:
         return cand.nonzero().squeeze(1)
-    taken = torch.zeros_like(cand)
+    # the candidates not taken yet: one array, so each draw makes one random read
+    free = cand if in_place else cand.clone()
     picks = []
     remaining = max(k, 0)
     while remaining:
         # each draw hits a still-free candidate with probability (n_cand - taken) / n
-        free = n_cand - (k - remaining)
-        draws = math.ceil(1.2 * remaining * n / free) + 16
+        n_free = n_cand - (k - remaining)
+        draws = math.ceil(1.2 * remaining * n / n_free) + 16
         idx = torch.randint(n, (draws,), generator=generator).to(cand.device)
         if kernels.usable(idx):  # accept free candidates in draw order, in one pass
-            picks.append(kernels.accept_free(idx, cand, taken, remaining))
+            picks.append(kernels.accept_free(idx, free, remaining))
             remaining -= picks[-1].numel()
             continue
-        idx = torch.unique(idx[cand[idx] & ~taken[idx]])  # a uniformly random set of free ones
+        idx = torch.unique(idx[free[idx]])  # a uniformly random set of free ones
         if idx.numel() > remaining:  # keep a uniformly random subset of it, in ascending order
             keep = torch.randperm(idx.numel(), generator=generator)[:remaining]
             subset = torch.zeros(idx.numel(), dtype=torch.bool)
             subset[keep] = True
             idx = idx[subset.to(cand.device)]
-        taken[idx] = True
+        free[idx] = False
         picks.append(idx)
         remaining -= idx.numel()
     if not picks:

@@ -311,6 +311,24 @@ def test_random_positions_uniform_exact_and_deterministic(kernel):
 
 
 @pytest.mark.parametrize("kernel", BACKENDS)
+def test_random_positions_in_place_draws_the_same_and_clears_the_drawn(kernel):
+    """`in_place` (SET's grow: the candidates are scratch) changes no draw: the same seed
+    gives the same indices, and exactly those are cleared in the candidates."""
+    g = torch.Generator().manual_seed(3)
+    cand = torch.rand(200_000, generator=g) < 0.7
+    with backend(kernel):
+        copied = random_positions(cand, 30_000, torch.Generator().manual_seed(5))
+        scratch = cand.clone()
+        in_place = random_positions(
+            scratch, 30_000, torch.Generator().manual_seed(5), in_place=True
+        )
+    assert torch.equal(in_place, copied)
+    expected = cand.clone()
+    expected[copied] = False
+    assert torch.equal(scratch, expected)
+
+
+@pytest.mark.parametrize("kernel", BACKENDS)
 def test_apply_index_changes_by_hand(kernel):
     before = torch.tensor([1, 1, 0, 1, 0, 0, 1, 0], dtype=torch.bool)
     ever = torch.tensor([1, 1, 1, 1, 0, 0, 1, 0], dtype=torch.bool)

@@ -69,7 +69,8 @@ def grow_random_units(
     """Indices of k units drawn uniformly from those not in `kept` (SET's grow)."""
     candidates = torch.ones(n_units, dtype=torch.bool, device=kept.device)
     candidates.index_fill_(0, kept, False)
-    return random_positions(candidates, k, generator, n_candidates=n_units - kept.numel())
+    n_cand = n_units - kept.numel()
+    return random_positions(candidates, k, generator, n_candidates=n_cand, in_place=True)
 
 
 # ----------------------------------------------------------------- mask form
