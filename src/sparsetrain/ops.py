@@ -324,9 +324,9 @@ def random_positions(
     in_place: bool = False,
 ) -> torch.Tensor:
     """Flat indices (unordered) of k candidates drawn uniformly at random, without replacement
-    (all of them when k >= their number); see `select_random`. With `in_place` the drawn
-    candidates are cleared in `candidates` (a scratch mask the caller no longer needs),
-    which saves copying it.
+    (all of them when k >= their number); see `select_random`. With `in_place` the mask is
+    used as scratch instead of being copied (for a caller that no longer needs it): its
+    contents afterwards are unspecified (a contiguous mask has the drawn entries cleared).
 
     Uniform draws are accepted in order when they hit a candidate not yet taken: every accepted
     draw is uniform over the free candidates, so the result is a uniform k-subset."""
