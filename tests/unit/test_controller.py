@@ -84,6 +84,33 @@ def test_rigl_dense_gradient_only_at_update_steps_snfs_every_step():
     assert ctl.dense_grad_steps == 40
 
 
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_rigl_grows_from_the_dense_gradient_whatever_zero_grad_does(set_to_none):
+    """The masked copy handed to the optimizer on update steps reuses one buffer per layer;
+    with zero_grad(set_to_none=False) that buffer comes back as the next gradient, and the
+    grow must still see that gradient unmasked (same masks as a plain `grad * mask`)."""
+    runs = []
+    for keep_buffer in (True, False):
+        net, opt, ctl = make("RigL", interval=4, end_when=30)
+        opt.param_groups[0]["lr"] = 0.05
+        if not keep_buffer:  # the plain copy: a fresh tensor on every update step
+            ctl._masked_copy = lambda name, grad, masks=ctl.masks: grad * masks[name]
+        storages = []
+        for i, (x, y) in enumerate(tiny_batches(13)):
+            opt.zero_grad(set_to_none=set_to_none)
+            nn.functional.cross_entropy(net(x), y).backward()
+            ctl.step()
+            if (i + 1) % 4 == 0:
+                storages.append({n: p.grad.data_ptr() for n, p in net.named_parameters()})
+        runs.append(({n: m.clone() for n, m in ctl.masks.items()}, net.state_dict()))
+        if keep_buffer and set_to_none:
+            dynamic = [n for n, layer in ctl.layers.items() if not layer.frozen_dense]
+            assert dynamic and all(storages[0][n] == storages[2][n] for n in dynamic)
+    (masks, weights), (plain_masks, plain_weights) = runs
+    assert all(torch.equal(masks[n], plain_masks[n]) for n in masks)
+    assert all(torch.equal(weights[n], plain_weights[n]) for n in weights)
+
+
 def test_snfs_redistribution_moves_budget_between_layers_keeping_total():
     net, opt, ctl = make("SNFS", steps_per_epoch=10)
     opt.param_groups[0]["lr"] = 0.05
