@@ -3,7 +3,7 @@
 BENCH_ARGS ?=
 .PHONY: bench bench-quick
 
-## bench: masked-step/update/export ratios vs dense and vs rigl-torch -> benchmarks/results.md (BENCH_ARGS=--quick)
+## bench: masked-step/update/export ratios vs dense and vs rigl-torch, trainer vs a plain loop -> benchmarks/results.md (BENCH_ARGS=--quick)
 bench:
 	$(PYTHON) benchmarks/run.py $(BENCH_ARGS)
 
