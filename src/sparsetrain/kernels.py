@@ -26,6 +26,7 @@ import torch
 
 try:
     import numba
+    from numba.cpython.unsafe.numbers import trailing_zeros
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps the fallback honest
     numba = None
 
@@ -207,8 +208,8 @@ def _bracket(vals, cand, k, n_cand, largest, absolute, sample):
 
 #: scores are flagged in chunks that stay in the L1 cache
 _CHUNK = 4096
-#: x * _SPREAD >> 56 is j for x = 1 << 8j: the byte holding a word's lowest set flag
-_SPREAD = np.uint64(0x0001020304050607)
+#: for a word of eight 0/1 flag bytes, x * _PACK >> 56 has flag j as bit j
+_PACK = np.uint64(0x0102040810204080)
 
 
 @_jit
@@ -244,6 +245,8 @@ def _compact(vals, cand, largest, absolute, worse, expected):
     bound = worse if largest else -worse
     flags = np.zeros(_CHUNK, np.uint8)
     words = flags.view(np.uint64)
+    packed = np.zeros(_CHUNK // 8, np.uint8)  # flag 64b + i is bit i of bit_words[b]
+    bit_words = packed.view(np.uint64)
     out = np.empty(max(expected, _CHUNK), np.int64)
     count = 0
     dense = expected > n // 16
@@ -261,13 +264,14 @@ def _compact(vals, cand, largest, absolute, worse, expected):
                 out[count] = start + i
                 count += flags[i]
             continue
-        for w in range((m + 7) // 8):  # few flagged: skip 8 unflagged scores at a time
-            word = words[w]
-            while word:
-                low = word & (~word + np.uint64(1))
-                out[count] = start + 8 * w + np.int64((low * _SPREAD) >> np.uint64(56))
+        for w in range(_CHUNK // 8):  # few flagged: pack the flags to bits (vectorised) ...
+            packed[w] = (words[w] * _PACK) >> np.uint64(56)
+        for b in range((m + 63) // 64):  # ... and visit only the set bits, 64 scores a word
+            bits = bit_words[b]
+            while bits:
+                out[count] = start + 64 * b + np.int64(trailing_zeros(bits))
                 count += 1
-                word ^= low
+                bits &= bits - np.uint64(1)
     return out[:count]
 
 
