@@ -213,6 +213,27 @@ _PACK = np.uint64(0x0102040810204080)
 
 
 @_jit
+def _pack_flags(flags, packed):
+    """The _CHUNK 0/1 bytes of `flags` as bits: flag 64b + i is bit i of packed.view(uint64)[b]
+    (a vectorised pass; visiting only the set bits of a word then skips the unflagged)."""
+    words = flags.view(np.uint64)
+    for w in range(_CHUNK // 8):
+        packed[w] = (words[w] * _PACK) >> np.uint64(56)
+
+
+@_jit
+def _append_bits(bits, base, source, out, count):
+    """out[count:] = source[base + i] for each set bit i of `bits`, ascending; the new count.
+    `source` None: the positions base + i themselves."""
+    while bits:
+        i = base + np.int64(trailing_zeros(bits))
+        out[count] = i if source is None else source[i]
+        count += 1
+        bits &= bits - np.uint64(1)
+    return count
+
+
+@_jit
 def _flag(v, c, largest, absolute, bound, flags):
     # one loop per case, so that LLVM vectorises each (NaN compares False: never flagged)
     if absolute:
@@ -244,8 +265,7 @@ def _compact(vals, cand, largest, absolute, worse, expected):
     n = vals.shape[0]
     bound = worse if largest else -worse
     flags = np.zeros(_CHUNK, np.uint8)
-    words = flags.view(np.uint64)
-    packed = np.zeros(_CHUNK // 8, np.uint8)  # flag 64b + i is bit i of bit_words[b]
+    packed = np.zeros(_CHUNK // 8, np.uint8)
     bit_words = packed.view(np.uint64)
     out = np.empty(max(expected, _CHUNK), np.int64)
     count = 0
@@ -264,14 +284,9 @@ def _compact(vals, cand, largest, absolute, worse, expected):
                 out[count] = start + i
                 count += flags[i]
             continue
-        for w in range(_CHUNK // 8):  # few flagged: pack the flags to bits (vectorised) ...
-            packed[w] = (words[w] * _PACK) >> np.uint64(56)
-        for b in range((m + 63) // 64):  # ... and visit only the set bits, 64 scores a word
-            bits = bit_words[b]
-            while bits:
-                out[count] = start + 64 * b + np.int64(trailing_zeros(bits))
-                count += 1
-                bits &= bits - np.uint64(1)
+        _pack_flags(flags, packed)  # few flagged: visit only the set bits, 64 scores a word
+        for b in range((m + 63) // 64):
+            count = _append_bits(bit_words[b], start + 64 * b, None, out, count)
     return out[:count]
 
 
@@ -353,16 +368,24 @@ def _best_positions(vals, cand, ties, k, n_cand, largest, absolute, sample):
 
 
 @_jit(checked=True)
+def _abs_keys(vals, index):
+    """|vals[index]|, NaN as +inf (checked: `index` comes from the caller)."""
+    keys = np.empty(index.shape[0], vals.dtype)
+    for j in range(index.shape[0]):
+        a = abs(vals[index[j]])
+        keys[j] = a if a == a else np.inf
+    return keys
+
+
+@_jit
 def _drop_lowest_abs(vals, index, k, sample):
     """The drop's selection fused (ranks as `_best_positions` on -|vals[index]|): a gather,
     a strided sample that brackets the k-th smallest magnitude, one pass that counts the
     magnitudes below the bracket and collects the few inside it, the exact k-th among those,
-    and a split pass. NaN ranks as +inf (dropped last); ties go to the lower index."""
+    and a split pass. NaN ranks as +inf (dropped last); ties go to the lower index. The
+    collecting and splitting passes flag in L1-sized chunks and visit set bits (`_compact`)."""
     c = index.shape[0]
-    keys = np.empty(c, vals.dtype)
-    for j in range(c):
-        a = abs(vals[index[j]])
-        keys[j] = a if a == a else np.inf
+    keys = _abs_keys(vals, index)
     lo, hi = -np.inf, np.inf
     stride = _prime_at_least(c // sample)
     if c >= 4 * sample:
@@ -375,14 +398,22 @@ def _drop_lowest_abs(vals, index, k, sample):
             hi = _kth_smallest(picked, hi_rank)
             # the quickselect left the hi_rank smallest in front: lo is among them
             lo = _kth_smallest(picked[:hi_rank], lo_rank)
-    below = 0
+    flags = np.zeros(_CHUNK, np.uint8)
+    packed = np.zeros(_CHUNK // 8, np.uint8)
+    bit_words = packed.view(np.uint64)
+    below = n_band = 0
     band = np.empty(c, np.int64)
-    n_band = 0
-    for j in range(c):  # branch-free: below the bracket counted, inside it collected
-        key = keys[j]
-        below += key < lo
-        band[n_band] = j
-        n_band += (key >= lo) & (key <= hi)
+    for start in range(0, c, _CHUNK):  # below the bracket counted, inside it collected
+        chunk = keys[start : start + _CHUNK]
+        m = chunk.shape[0]
+        for i in range(m):
+            below += chunk[i] < lo
+        for i in range(m):
+            flags[i] = (chunk[i] >= lo) & (chunk[i] <= hi)
+        flags[m:] = 0
+        _pack_flags(flags, packed)
+        for b in range((m + 63) // 64):
+            n_band = _append_bits(bit_words[b], start + 64 * b, None, band, n_band)
     need = k - below
     if not 1 <= need <= n_band:  # the sample missed (rare): everything is the band
         need, n_band = k, c
@@ -393,23 +424,31 @@ def _drop_lowest_abs(vals, index, k, sample):
     threshold = _kth_smallest(band_keys.copy(), need - 1)
     need_ties = need - np.count_nonzero(band_keys < threshold)
     tie = np.flatnonzero(band_keys == threshold)
-    take_tie = np.zeros(0, np.bool_)
+    dropped = np.empty(k, np.int64)
+    kept = np.empty(c - k, np.int64)
     if tie.shape[0] > need_ties:  # too many ties at the threshold: the lowest indices
-        take_tie = np.zeros(c, np.bool_)
+        take = keys < threshold
         ties = band[tie]
-        take_tie[ties[np.argsort(index[ties], kind="mergesort")[:need_ties]]] = True
-    dropped = np.empty(k + 1, np.int64)  # + 1: a slot for the last write of each
-    kept = np.empty(c - k + 1, np.int64)
-    d = 0
-    for j in range(c):  # branch-free: written to both, kept in one
-        key = keys[j]
-        drop = (key < threshold) | (
-            (key == threshold) & (take_tie[j] if take_tie.shape[0] else True)
-        )
-        dropped[d] = index[j]
-        kept[j - d] = index[j]
-        d += drop
-    return dropped[:k], kept[: c - k]
+        take[ties[np.argsort(index[ties], kind="mergesort")[:need_ties]]] = True
+        dropped[:] = index[take]
+        kept[:] = index[~take]
+        return dropped, kept
+    d = n_kept = 0
+    for start in range(0, c, _CHUNK):  # split: dropped are the set bits, kept the clear ones
+        chunk, chunk_index = keys[start : start + _CHUNK], index[start : start + _CHUNK]
+        m = chunk.shape[0]
+        for i in range(m):
+            flags[i] = chunk[i] <= threshold
+        flags[m:] = 0
+        _pack_flags(flags, packed)
+        for b in range((m + 63) // 64):
+            bits = bit_words[b]
+            valid = m - 64 * b
+            one = np.uint64(1)
+            rest = ~bits if valid >= 64 else ~bits & ((one << np.uint64(valid)) - one)
+            d = _append_bits(bits, 64 * b, chunk_index, dropped, d)
+            n_kept = _append_bits(rest, 64 * b, chunk_index, kept, n_kept)
+    return dropped, kept
 
 
 @_jit(checked=True)
