@@ -59,6 +59,7 @@ from sparsetrain.ops import (
     drop_lowest_abs,
     expand_groups,
     group_scores,
+    without,
 )
 from sparsetrain.schedules import (
     DECAY_SCHEDULES,
@@ -691,8 +692,10 @@ class SparsityController:
         created = 0
         for layer in layers:  # in layer order: random grows draw from the one generator
             name = layer.name
-            grown = self._grow(layer, kept[name], grows[name])
-            created += self._commit_layer(layer, dropped[name], kept[name], grown)
+            before = self.masks[name].reshape(-1, layer.group)[:, 0]
+            after = without(before, dropped[name])  # the kept units; the grow adds its own
+            grown = self._grow(layer, after, kept[name].numel(), grows[name])
+            created += self._commit_layer(layer, dropped[name], kept[name], grown, after)
         return created
 
     def _drop(self, layer: _Layer, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -705,22 +708,28 @@ class SparsityController:
         magnitude = weight.reshape(-1, layer.group)[active].abs().sum(1)
         return drop_lowest(magnitude, active, k)
 
-    def _grow(self, layer: _Layer, kept: torch.Tensor, k: int) -> torch.Tensor:
-        """Ascending unit indices of the k units not in `kept` with the highest |grow score|
-        (random growth: k units drawn uniformly, = the highest of uniform random scores)."""
+    def _grow(self, layer: _Layer, kept: torch.Tensor, n_kept: int, k: int) -> torch.Tensor:
+        """Unit indices of the k units not `kept` (a unit mask) with the highest |grow score|
+        (random growth: k units drawn uniformly, = the highest of uniform random scores; these
+        may also be set in `kept`, which the commit then completes as the new mask)."""
         if self.options.growth_mode == "random":
-            units = layer.param.numel() // layer.group
-            return grow_random_units(units, kept, k, self.generator)
+            return grow_random_units(kept, k, self.generator, n_kept, in_place=True)
         if layer.group == 1:  # |score| is taken inside the selection (no copy on CPU)
             score = self._grow_score(layer).reshape(-1)
-            return grow_highest_units(score, kept, k, absolute=True)
+            return grow_highest_units(score, kept, k, absolute=True, n_kept=n_kept)
         score = group_scores(self._grow_score(layer).abs(), layer.group)
-        return grow_highest_units(score, kept, k)
+        return grow_highest_units(score, kept, k, n_kept=n_kept)
 
     def _commit_layer(
-        self, layer: _Layer, dropped: torch.Tensor, kept: torch.Tensor, grown: torch.Tensor
+        self,
+        layer: _Layer,
+        dropped: torch.Tensor,
+        kept: torch.Tensor,
+        grown: torch.Tensor,
+        after: torch.Tensor,
     ) -> int:
         """Commit one layer's drop-and-grow index changes; returns its new connections.
+        `after`: the unit mask of the kept units, completed here to the new mask.
 
         Only the touched units are written: by the invariant of `_masks_replaced`, inactive
         weights (and, with masked gradients, their optimizer state) are already 0, so zeroing
@@ -729,7 +738,7 @@ class SparsityController:
         name = layer.name
         before = self.masks[name].reshape(-1, layer.group)[:, 0]
         ever = _units_view(self.ever_active[name], layer.group)
-        after, gone, fresh, new_to_ever = apply_index_changes(before, dropped, grown, ever)
+        gone, fresh, new_to_ever = apply_index_changes(before, after, dropped, grown, ever)
         with torch.no_grad():
             _units_view(layer.param, layer.group).index_fill_(0, gone, 0)
         reset = fresh if self.options.dense_gradients else gone

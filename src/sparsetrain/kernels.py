@@ -54,17 +54,21 @@ def best_positions(
     n_candidates: int,
     tiebreak: torch.Tensor | None,
     sample: int,
+    exclude: bool = False,
 ) -> torch.Tensor:
     """Ascending positions of the k best candidates of the 1-D `values` (of |values| if
-    `absolute`; 0 < k < `n_candidates`, their number); ties at the k-th score go to the lower `tiebreak` value (default: position).
+    `absolute`; 0 < k < `n_candidates`, their number); ties at the k-th score go to the
+    lower `tiebreak` value (default: position). The candidates are the True entries of the
+    bool `candidates` (all if None), or its False entries with `exclude`.
     `sample`: the number of strided scores that bracket the k-th (speed only)."""
     vals = values.detach().contiguous().numpy()
     cand = _no_bytes if candidates is None else candidates.contiguous().numpy().view(np.uint8)
     ties = _no_index if tiebreak is None else tiebreak.contiguous().numpy()
     if cand.shape[0] not in (0, vals.shape[0]) or ties.shape[0] not in (0, vals.shape[0]):
         raise ValueError("candidates and tiebreak must have one entry per value")
+    skip = np.uint8(1 if exclude and cand.shape[0] else 0)
     return torch.from_numpy(
-        _best_positions(vals, cand, ties, k, n_candidates, largest, absolute, sample)
+        _best_positions(vals, cand, skip, ties, k, n_candidates, largest, absolute, sample)
     )
 
 
@@ -87,20 +91,27 @@ def abs_at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(_abs_at(values.detach().contiguous().numpy(), index.numpy()))
 
 
-def accept_free(draws: torch.Tensor, free: torch.Tensor, limit: int) -> torch.Tensor:
+def accept_free(
+    draws: torch.Tensor, free: torch.Tensor, limit: int, exclude: bool = False
+) -> torch.Tensor:
     """The draws (int64) that hit a `free` entry, at most `limit`, ascending; clears them in
-    `free` (a bool array, updated in place)."""
+    `free` (a bool array, updated in place). With `exclude` the free entries are the False
+    ones, and the accepted are set."""
     flags = free.numpy().view(np.uint8)
+    taken = np.uint8(1 if exclude else 0)  # accepted where flags != taken, then set to taken
     return torch.from_numpy(
-        _sort_indices(_accept_free(draws.numpy(), flags, limit), flags.shape[0])
+        _sort_indices(_accept_free(draws.numpy(), flags, limit, taken), flags.shape[0])
     )
 
 
 def apply_index_changes(
-    before: torch.Tensor, dropped: torch.Tensor, grown: torch.Tensor, ever: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`ops.apply_index_changes` for 1-D CPU masks, in one call."""
-    after = before.clone()
+    before: torch.Tensor,
+    after: torch.Tensor,
+    dropped: torch.Tensor,
+    grown: torch.Tensor,
+    ever: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`ops.apply_index_changes` for contiguous 1-D CPU masks, in one call."""
     gone, fresh, first_time = _apply_index_changes(
         before.contiguous().numpy().view(np.uint8),
         after.numpy().view(np.uint8),
@@ -108,7 +119,7 @@ def apply_index_changes(
         grown.numpy(),
         ever.numpy().view(np.uint8),
     )
-    return after, torch.from_numpy(gone), torch.from_numpy(fresh), torch.from_numpy(first_time)
+    return torch.from_numpy(gone), torch.from_numpy(fresh), torch.from_numpy(first_time)
 
 
 def where_flag(index: torch.Tensor, flags: torch.Tensor, value: bool) -> torch.Tensor:
@@ -179,7 +190,7 @@ def _kth_smallest(a, kth):
 
 
 @_jit
-def _bracket(vals, cand, k, n_cand, largest, absolute, sample):
+def _bracket(vals, cand, skip, k, n_cand, largest, absolute, sample):
     """(worse, better, expected): keys that very likely bracket the k-th best candidate key,
     from a strided sample (better = inf when k is too small a part of the sample to bound),
     and about how many candidates reach `worse` (0: no bracket)."""
@@ -188,7 +199,7 @@ def _bracket(vals, cand, k, n_cand, largest, absolute, sample):
     picked = np.empty(n // stride + 1, np.float64)
     m = 0
     for i in range(stride // 2, n, stride):
-        if cand.shape[0] == 0 or cand[i]:
+        if cand.shape[0] == 0 or cand[i] != skip:
             picked[m] = _key(vals[i], largest, absolute)
             m += 1
     # the k-th best is near rank p*m of the sample (from the top): allow 4 standard deviations
@@ -234,34 +245,38 @@ def _append_bits(bits, base, source, out, count):
 
 
 @_jit
-def _flag(v, c, largest, absolute, bound, flags):
-    # one loop per case, so that LLVM vectorises each (NaN compares False: never flagged)
+def _flag(v, c, skip, largest, absolute, bound, flags):
+    # one loop per case, so that LLVM vectorises each (NaN compares False: never flagged);
+    # the candidates are the entries of `c` other than `skip`
     if absolute:
         if c.shape[0] == 0:
             for i in range(v.shape[0]):
                 flags[i] = (abs(v[i]) >= bound) if largest else (abs(v[i]) <= bound)
         else:
             for i in range(v.shape[0]):
-                flags[i] = ((abs(v[i]) >= bound) if largest else (abs(v[i]) <= bound)) & (c[i] != 0)
+                flags[i] = ((abs(v[i]) >= bound) if largest else (abs(v[i]) <= bound)) & (
+                    c[i] != skip
+                )
     elif largest:
         if c.shape[0] == 0:
             for i in range(v.shape[0]):
                 flags[i] = v[i] >= bound
         else:
             for i in range(v.shape[0]):
-                flags[i] = (v[i] >= bound) & (c[i] != 0)
+                flags[i] = (v[i] >= bound) & (c[i] != skip)
     elif c.shape[0] == 0:
         for i in range(v.shape[0]):
             flags[i] = v[i] <= bound
     else:
         for i in range(v.shape[0]):
-            flags[i] = (v[i] <= bound) & (c[i] != 0)
+            flags[i] = (v[i] <= bound) & (c[i] != skip)
 
 
 @_jit
-def _compact(vals, cand, largest, absolute, worse, expected):
-    """Ascending positions of the candidates whose key is at least `worse` (`expected`: about
-    how many; it picks the faster of two scans)."""
+def _compact(vals, cand, skip, largest, absolute, worse, expected):
+    """Ascending positions of the candidates (the entries of `cand` other than `skip`, or
+    all if `cand` is empty) whose key is at least `worse` (`expected`: about how many; it
+    picks the faster of two scans)."""
     n = vals.shape[0]
     bound = worse if largest else -worse
     flags = np.zeros(_CHUNK, np.uint8)
@@ -273,7 +288,7 @@ def _compact(vals, cand, largest, absolute, worse, expected):
     for start in range(0, n, _CHUNK):
         v = vals[start : start + _CHUNK]  # slices, not offsets: these loops vectorise
         m = v.shape[0]
-        _flag(v, cand[start : start + _CHUNK], largest, absolute, bound, flags)
+        _flag(v, cand[start : start + _CHUNK], skip, largest, absolute, bound, flags)
         flags[m:] = 0
         if out.shape[0] - count < m:
             bigger = np.empty(2 * out.shape[0] + m, np.int64)
@@ -323,19 +338,21 @@ def _kth_best(keys, need, lo, hi):
 
 
 @_jit
-def _best_positions(vals, cand, ties, k, n_cand, largest, absolute, sample):
+def _best_positions(vals, cand, skip, ties, k, n_cand, largest, absolute, sample):
     n = vals.shape[0]
     worse, better, expected = -np.inf, np.inf, 0
     if n > 4 * sample:
-        worse, better, expected = _bracket(vals, cand, k, n_cand, largest, absolute, sample)
+        worse, better, expected = _bracket(vals, cand, skip, k, n_cand, largest, absolute, sample)
     found = expected > 0
     pos = (
-        _compact(vals, cand, largest, absolute, worse, expected) if found else np.empty(0, np.int64)
+        _compact(vals, cand, skip, largest, absolute, worse, expected)
+        if found
+        else np.empty(0, np.int64)
     )
     if pos.shape[0] < k:  # no sample, or it missed (rare): every candidate, no bracket
         found = False  # (keys below the missed bound must not index the histogram)
         better = np.inf
-        pos = np.arange(n) if cand.shape[0] == 0 else np.flatnonzero(cand)
+        pos = np.arange(n) if cand.shape[0] == 0 else np.flatnonzero(cand != skip)
     if pos.shape[0] < k:
         raise ValueError("fewer candidates than k (n_candidates is wrong)")
     c = pos.shape[0]
@@ -487,14 +504,14 @@ def _abs_at(values, index):
 
 
 @_jit(checked=True)
-def _accept_free(draws, free, limit):
+def _accept_free(draws, flags, limit, taken):
     out = np.empty(min(limit, draws.shape[0]), np.int64)
     n = 0
     for d in draws:
         if n == out.shape[0]:
             break
-        if free[d]:
-            free[d] = 0
+        if flags[d] != taken:
+            flags[d] = taken
             out[n] = d
             n += 1
     return out[:n]
@@ -523,8 +540,6 @@ def _sort_indices(a, end):
 
 @_jit(checked=True)
 def _apply_index_changes(before, after, dropped, grown, ever):
-    for d in dropped:
-        after[d] = 0
     for g in grown:
         after[g] = 1
     gone = _where_flag(dropped, after, 0)

@@ -96,10 +96,12 @@ def best_positions(
     candidates: torch.Tensor | None = None,
     n_candidates: int | None = None,
     absolute: bool = False,
+    exclude: bool = False,
 ) -> torch.Tensor:
     """Ascending positions of the k lowest, or highest, entries of the 1-D `values` (of
     |values| if `absolute`: no copy is made on CPU), among the True entries of `candidates`
-    if given (`n_candidates`: their number, if known).
+    if given, or among its False entries with `exclude` (`n_candidates`: their number, if
+    known; `exclude` spares a grow the complement of the mask it excludes).
 
     Ties at the k-th value go to the lower `index[position]` (default: the lower position), so
     an array gathered at flat indices `index` is ranked exactly as the whole layer would be.
@@ -109,17 +111,20 @@ def best_positions(
         n_cand = n
     elif n_candidates is None:
         n_cand = int(torch.count_nonzero(candidates))
+        n_cand = n - n_cand if exclude else n_cand
     else:
         n_cand = n_candidates
     if k <= 0:
         return torch.zeros(0, dtype=torch.long, device=values.device)
+    if kernels.usable(values) and k < n_cand:  # one fused pass (numba), not several operators
+        return kernels.best_positions(
+            values, k, largest, absolute, candidates, n_cand, index, _SAMPLE, exclude
+        )
+    if candidates is not None and exclude:
+        candidates = ~candidates
     if k >= n_cand:
         everything = torch.arange(n, device=values.device)
         return everything if candidates is None else everything[candidates]
-    if kernels.usable(values):  # one fused pass (numba) instead of several operators
-        return kernels.best_positions(
-            values, k, largest, absolute, candidates, n_cand, index, _SAMPLE
-        )
     if absolute:
         values = values.abs()
     if values.isnan().any():  # NaN ranks below every number, as in the kernel
@@ -225,21 +230,37 @@ def drop_lowest_abs(
     return split_positions(index, positions)
 
 
+def without(mask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of the 1-D bool `mask` with the entries at `index` cleared (the
+    units a drop keeps: the grow excludes them, then adds its own)."""
+    return mask.clone(memory_format=torch.contiguous_format).index_fill_(0, index, False)
+
+
 def apply_index_changes(
-    before: torch.Tensor, dropped: torch.Tensor, grown: torch.Tensor, ever: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(after, gone, fresh, first_time) of one drop-and-grow on a 1-D bool unit mask `before`:
-    the new mask, the dropped units not regrown, the grown units that were inactive, and those
-    of them never active before, which are marked in `ever` (the ever-active record: a 1-D
-    unit mask, or one row per unit) in place. One pass on CPU."""
-    if kernels.usable(dropped) and ever.dim() == 1 and before.device.type == "cpu":
-        return kernels.apply_index_changes(before, dropped, grown, ever)
-    after = before.clone().index_fill_(0, dropped, False).index_fill_(0, grown, True)
+    before: torch.Tensor,
+    after: torch.Tensor,
+    dropped: torch.Tensor,
+    grown: torch.Tensor,
+    ever: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(gone, fresh, first_time) of one drop-and-grow on a 1-D bool unit mask `before`:
+    the dropped units not regrown, the grown units that were inactive, and those of them
+    never active before, which are marked in `ever` (the ever-active record: a 1-D unit mask,
+    or one row per unit) in place. `after` is `without(before, dropped)` and becomes the new
+    mask here (the grown units are set in it). One pass on CPU."""
+    if (
+        kernels.usable(dropped)
+        and ever.dim() == 1
+        and before.device.type == "cpu"
+        and after.is_contiguous()
+    ):
+        return kernels.apply_index_changes(before, after, dropped, grown, ever)
+    after.index_fill_(0, grown, True)
     gone = where_flag(dropped, after, False)
     fresh = where_flag(grown, before, False)
     first_time = where_flag(fresh, ever if ever.dim() == 1 else ever[:, 0], False)
     ever.index_fill_(0, first_time, True)
-    return after, gone, fresh, first_time
+    return gone, fresh, first_time
 
 
 def where_flag(index: torch.Tensor, flags: torch.Tensor, value: bool) -> torch.Tensor:
@@ -322,19 +343,25 @@ def random_positions(
     generator: torch.Generator | None = None,
     n_candidates: int | None = None,
     in_place: bool = False,
+    exclude: bool = False,
 ) -> torch.Tensor:
     """Flat indices (unordered) of k candidates drawn uniformly at random, without replacement
-    (all of them when k >= their number); see `select_random`. With `in_place` the mask is
+    (all of them when k >= their number); see `select_random`. The candidates are the True
+    entries of `candidates`, or its False ones with `exclude`. With `in_place` the mask is
     used as scratch instead of being copied (for a caller that no longer needs it): its
-    contents afterwards are unspecified (a contiguous mask has the drawn entries cleared).
+    contents afterwards are unspecified (a contiguous mask has the drawn entries flipped).
 
     Uniform draws are accepted in order when they hit a candidate not yet taken: every accepted
     draw is uniform over the free candidates, so the result is a uniform k-subset."""
     cand = candidates.reshape(-1)
     n = cand.numel()
+    use_kernel = kernels.enabled and cand.device.type == "cpu" and cand.is_contiguous()
+    if exclude and not use_kernel:
+        cand, exclude, in_place = ~cand, False, True
     n_cand = int(torch.count_nonzero(cand)) if n_candidates is None else n_candidates
+    n_cand = n - n_cand if exclude and n_candidates is None else n_cand
     if k >= n_cand:
-        return cand.nonzero().squeeze(1)
+        return (~cand if exclude else cand).nonzero().squeeze(1)
     # the candidates not taken yet: one array, so each draw makes one random read
     free = cand if in_place else cand.clone()
     picks = []
@@ -344,8 +371,8 @@ def random_positions(
         n_free = n_cand - (k - remaining)
         draws = math.ceil(1.2 * remaining * n / n_free) + 16
         idx = torch.randint(n, (draws,), generator=generator).to(cand.device)
-        if kernels.usable(idx):  # accept free candidates in draw order, in one pass
-            picks.append(kernels.accept_free(idx, free, remaining))
+        if use_kernel:  # accept free candidates in draw order, in one pass
+            picks.append(kernels.accept_free(idx, free, remaining, exclude))
             remaining -= picks[-1].numel()
             continue
         idx = torch.unique(idx[free[idx]])  # a uniformly random set of free ones

@@ -25,6 +25,7 @@ from sparsetrain.ops import (
     select_lowest,
     split_positions,
     where_flag,
+    without,
 )
 
 #: both implementations of every selection: the numba kernel (CPU default) and PyTorch's
@@ -238,8 +239,8 @@ def test_index_form_equals_mask_form(kernel, seed, alpha, structured):
     # index form
     active = unit_mask.nonzero().flatten()
     magnitude = group_scores((weight * mask).abs(), group).index_select(0, active)
-    _, kept = drop_lowest(magnitude, active, k)
-    grown = grow_highest_units(group_scores(grad, group), kept, k)
+    dropped, kept = drop_lowest(magnitude, active, k)
+    grown = grow_highest_units(group_scores(grad, group), without(unit_mask, dropped), k)
     stack.close()
     new_units = torch.zeros(units, dtype=torch.bool)
     new_units[torch.cat([kept, grown])] = True
@@ -262,6 +263,26 @@ def test_absolute_ranks_magnitudes_and_nan_ranks_last(kernel, largest, n):
     magnitude = values.abs().nan_to_num(nan=-math.inf if largest else math.inf)
     assert chosen == _reference_choice(magnitude, cand, k, largest)
     assert not values[chosen].isnan().any()
+
+
+@pytest.mark.parametrize("kernel", BACKENDS)
+@pytest.mark.parametrize("n", [1_000, 200_000])
+@pytest.mark.parametrize("count_given", [True, False])
+def test_exclude_selects_among_the_false_entries(kernel, n, count_given):
+    """`exclude=True` (the grow, given the kept units' mask) chooses exactly what the
+    complement as `candidates` chooses, and leaves the mask untouched."""
+    g = torch.Generator().manual_seed(n)
+    values = (torch.randn(n, generator=g) * 4).round()  # ties
+    kept = torch.rand(n, generator=g) < 0.8
+    before = kept.clone()
+    n_cand = int((~kept).sum()) if count_given else None
+    with backend(kernel):
+        for k in (0, 1, n // 50, int((~kept).sum()) - 1, int((~kept).sum())):
+            got = best_positions(
+                values, k, largest=True, candidates=kept, exclude=True, n_candidates=n_cand
+            )
+            assert got.tolist() == _reference_choice(values, ~kept, k, largest=True)
+    assert torch.equal(kept, before)
 
 
 @pytest.mark.parametrize("kernel", BACKENDS)
@@ -329,12 +350,34 @@ def test_random_positions_in_place_draws_the_same_and_clears_the_drawn(kernel):
 
 
 @pytest.mark.parametrize("kernel", BACKENDS)
+@pytest.mark.parametrize("in_place", [True, False])
+def test_random_positions_exclude_draws_as_the_complement(kernel, in_place):
+    """`exclude` (SET's grow, given the kept units' mask) draws what the complement as
+    candidates draws; in place, the kernel marks the drawn units in the mask."""
+    g = torch.Generator().manual_seed(4)
+    kept = torch.rand(100_000, generator=g) < 0.6
+    with backend(kernel):
+        want = random_positions(~kept, 20_000, torch.Generator().manual_seed(9))
+        scratch = kept.clone()
+        got = random_positions(
+            scratch, 20_000, torch.Generator().manual_seed(9), in_place=in_place, exclude=True
+        )
+    assert torch.equal(got, want) and not bool(kept[got].any())
+    if kernel and in_place:
+        assert torch.equal(scratch, kept.index_fill(0, got, True))
+    elif not in_place:
+        assert torch.equal(scratch, kept)
+
+
+@pytest.mark.parametrize("kernel", BACKENDS)
 def test_apply_index_changes_by_hand(kernel):
     before = torch.tensor([1, 1, 0, 1, 0, 0, 1, 0], dtype=torch.bool)
     ever = torch.tensor([1, 1, 1, 1, 0, 0, 1, 0], dtype=torch.bool)
     dropped, grown = torch.tensor([1, 6]), torch.tensor([1, 2, 5])  # 1 dropped and regrown
     with backend(kernel):
-        after, gone, fresh, first_time = apply_index_changes(before, dropped, grown, ever)
+        after = without(before, dropped)
+        assert after.int().tolist() == [1, 0, 0, 1, 0, 0, 0, 0]
+        gone, fresh, first_time = apply_index_changes(before, after, dropped, grown, ever)
     assert after.int().tolist() == [1, 1, 1, 1, 0, 1, 0, 0]
     assert gone.tolist() == [6] and fresh.tolist() == [2, 5] and first_time.tolist() == [5]
     assert ever.int().tolist() == [1, 1, 1, 1, 0, 1, 1, 0]

@@ -38,8 +38,9 @@ def _unit_mask(n_units: int, index: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------- index form
 # What the controller runs: the drop touches only the active units, the grow makes one pass
-# over the scores. Units are weights, or k×k kernels when structured; indices are flat unit
-# indices. The mask form below gives the same selections as bool masks.
+# over the scores and the mask of the kept units. Units are weights, or k×k kernels when
+# structured; indices are flat unit indices. The mask form below gives the same selections
+# as bool masks.
 def drop_lowest(
     active_scores: torch.Tensor, active: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,25 +53,40 @@ def drop_lowest(
 
 
 def grow_highest_units(
-    scores: torch.Tensor, kept: torch.Tensor, k: int, absolute: bool = False
+    scores: torch.Tensor,
+    kept: torch.Tensor,
+    k: int,
+    absolute: bool = False,
+    n_kept: int | None = None,
 ) -> torch.Tensor:
-    """Ascending indices of the k units not in `kept` with the highest score (1-D, one per
-    unit; |score| if `absolute`); ties go to the lower unit index."""
-    candidates = torch.ones_like(scores, dtype=torch.bool).index_fill_(0, kept, False)
-    n_cand = scores.numel() - kept.numel()
+    """Ascending indices of the k units not `kept` (a 1-D bool unit mask; `n_kept`: its
+    number of True entries, if known) with the highest score (1-D, one per unit; |score| if
+    `absolute`); ties go to the lower unit index."""
+    n_cand = None if n_kept is None else kept.numel() - n_kept
     return best_positions(
-        scores, k, largest=True, candidates=candidates, n_candidates=n_cand, absolute=absolute
+        scores,
+        k,
+        largest=True,
+        candidates=kept,
+        exclude=True,
+        n_candidates=n_cand,
+        absolute=absolute,
     )
 
 
 def grow_random_units(
-    n_units: int, kept: torch.Tensor, k: int, generator: torch.Generator | None = None
+    kept: torch.Tensor,
+    k: int,
+    generator: torch.Generator | None = None,
+    n_kept: int | None = None,
+    in_place: bool = False,
 ) -> torch.Tensor:
-    """Indices of k units drawn uniformly from those not in `kept` (SET's grow)."""
-    candidates = torch.ones(n_units, dtype=torch.bool, device=kept.device)
-    candidates.index_fill_(0, kept, False)
-    n_cand = n_units - kept.numel()
-    return random_positions(candidates, k, generator, n_candidates=n_cand, in_place=True)
+    """Indices of k units drawn uniformly from those not `kept` (a 1-D bool unit mask; SET's
+    grow). With `in_place` the drawn units may also be set in `kept` (scratch)."""
+    n_cand = None if n_kept is None else kept.numel() - n_kept
+    return random_positions(
+        kept, k, generator, n_candidates=n_cand, in_place=in_place, exclude=True
+    )
 
 
 # ----------------------------------------------------------------- mask form
@@ -110,7 +126,7 @@ def grow_highest(
         [1, 1, 1, 1, 0, 1, 0, 0]
     """
     kept_units = _units(kept, group)
-    grown = grow_highest_units(group_scores(grow_score, group), kept_units.nonzero().squeeze(1), k)
+    grown = grow_highest_units(group_scores(grow_score, group), kept_units, k)
     new = kept_units.clone()
     new[grown] = True
     return expand_groups(new, group, kept.shape)
@@ -122,7 +138,7 @@ def grow_random(
     """SET's grow: `grow_highest` with i.i.d. uniform scores, i.e. k units drawn uniformly
     from those not kept. Drawn directly (about k random numbers instead of one per weight)."""
     kept_units = _units(kept, group)
-    grown = grow_random_units(kept_units.numel(), kept_units.nonzero().squeeze(1), k, generator)
+    grown = grow_random_units(kept_units, k, generator)
     new = kept_units.clone()
     new[grown] = True
     return expand_groups(new, group, kept.shape)
