@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsetrain import optim_state
+from sparsetrain import openmp, optim_state
 from sparsetrain.algorithms.dst import (
     drop_lowest,
     grow_highest_units,
@@ -670,13 +670,20 @@ class SparsityController:
 
         Works on unit indices (`algorithms.dst` index form): the drop looks at the active
         units only, the grow makes one pass over the layer's scores. Layers are independent
-        apart from SNFS's redistribution, settled between the drop and the grow phase.
-        (Layers on threads were measured: no faster on CPU, the glue holds the GIL.)"""
+        apart from SNFS's redistribution, settled between the drop and the grow phase; on CPU
+        the large flat layers of each phase run side by side on PyTorch's OpenMP threads
+        (`sparsetrain.openmp`), the same selections as one at a time."""
         layers = self._dynamic()
         drops = {layer.name: round(alpha * self._active_units(layer).numel()) for layer in layers}
         dropped, kept = {}, {}
+        teamed = self._teamed(layers, lambda layer: layer.param)
+        if teamed:
+            jobs = [(t.param.reshape(-1), self._active_units(t), drops[t.name]) for t in teamed]
+            for t, result in zip(teamed, openmp.drop_lowest_abs_layers(jobs)):
+                dropped[t.name], kept[t.name] = result
         for layer in layers:
-            dropped[layer.name], kept[layer.name] = self._drop(layer, drops[layer.name])
+            if layer.name not in dropped:
+                dropped[layer.name], kept[layer.name] = self._drop(layer, drops[layer.name])
         grows = drops
         if self.options.redistribution_mode == "momentum" and layers:
             scores, capacity = {}, {}
@@ -690,13 +697,57 @@ class SparsityController:
                 capacity[layer.name] = layer.param.numel() // layer.group - kept[layer.name].numel()
             grows = redistribute(sum(drops.values()), scores, capacity)
         created = 0
+        changes = {}
+        if self.options.growth_mode != "random":
+            teamed = self._teamed(
+                layers,
+                self._grow_score,
+                lambda layer: (
+                    self.masks[layer.name].is_contiguous()
+                    and self.ever_active[layer.name].is_contiguous()
+                ),
+            )
+            jobs = []
+            for t in teamed:
+                before, n = self.masks[t.name].reshape(-1), t.param.numel()
+                ever = self.ever_active[t.name].reshape(-1)
+                n_cand = n - kept[t.name].numel()
+                jobs.append(
+                    (self._grow_score(t), before, dropped[t.name], grows[t.name], n_cand, ever)
+                )
+            for t, job, result in zip(teamed, jobs, openmp.grow_and_apply_layers(jobs)):
+                job[5].index_fill_(0, result[4], True)  # first_time, now ever active
+                changes[t.name] = result
         for layer in layers:  # in layer order: random grows draw from the one generator
             name = layer.name
-            before = self.masks[name].reshape(-1, layer.group)[:, 0]
-            after = without(before, dropped[name])  # the kept units; the grow adds its own
-            grown = self._grow(layer, after, kept[name].numel(), grows[name])
-            created += self._commit_layer(layer, dropped[name], kept[name], grown, after)
+            if name in changes:
+                after, grown, gone, fresh, new_to_ever = changes[name]
+            else:
+                before = self.masks[name].reshape(-1, layer.group)[:, 0]
+                after = without(before, dropped[name])  # the kept units; the grow adds its own
+                grown = self._grow(layer, after, kept[name].numel(), grows[name])
+                ever = _units_view(self.ever_active[name], layer.group)
+                gone, fresh, new_to_ever = apply_index_changes(
+                    before, after, dropped[name], grown, ever
+                )
+            created += self._commit_layer(
+                layer, dropped[name], kept[name], grown, after, gone, fresh, new_to_ever
+            )
         return created
+
+    @staticmethod
+    def _teamed(layers: list[_Layer], values: Any, also: Any = None) -> list[_Layer]:
+        """The layers whose phase runs on PyTorch's OpenMP threads: flat, large, with float32
+        CPU `values(layer)` (and `also(layer)`), when there are at least two of them."""
+        big = [
+            layer
+            for layer in layers
+            if layer.group == 1
+            and layer.param.numel() >= openmp.MIN_UNITS
+            and openmp.usable(values(layer))
+            and (also is None or also(layer))
+        ]
+        return big if len(big) > 1 else []
 
     def _drop(self, layer: _Layer, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(dropped, kept) unit indices: the k active units of smallest magnitude, the rest."""
@@ -727,18 +778,19 @@ class SparsityController:
         kept: torch.Tensor,
         grown: torch.Tensor,
         after: torch.Tensor,
+        gone: torch.Tensor,
+        fresh: torch.Tensor,
+        new_to_ever: torch.Tensor,
     ) -> int:
-        """Commit one layer's drop-and-grow index changes; returns its new connections.
-        `after`: the unit mask of the kept units, completed here to the new mask.
+        """Commit one layer's drop-and-grow index changes (`ops.apply_index_changes`: the new
+        unit mask `after`, the units gone, fresh and new to the ever-active record); returns
+        its new connections.
 
         Only the touched units are written: by the invariant of `_masks_replaced`, inactive
         weights (and, with masked gradients, their optimizer state) are already 0, so zeroing
         the dropped-and-not-regrown units (state: the newly grown ones with dense gradients)
         equals re-multiplying everything by the new mask."""
         name = layer.name
-        before = self.masks[name].reshape(-1, layer.group)[:, 0]
-        ever = _units_view(self.ever_active[name], layer.group)
-        gone, fresh, new_to_ever = apply_index_changes(before, after, dropped, grown, ever)
         with torch.no_grad():
             _units_view(layer.param, layer.group).index_fill_(0, gone, 0)
         reset = fresh if self.options.dense_gradients else gone

@@ -82,7 +82,8 @@ def drop_lowest_abs(
     values: torch.Tensor, index: torch.Tensor, k: int, sample: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`ops.drop_lowest_abs` for a 1-D CPU float array: gather, select and split in one call."""
-    dropped, kept = _drop_lowest_abs(values.detach().contiguous().numpy(), index.numpy(), k, sample)
+    dropped, kept = np.empty(k, np.int64), np.empty(index.shape[0] - k, np.int64)
+    _drop_lowest_abs(values.detach().contiguous().numpy(), index.numpy(), k, sample, dropped, kept)
     return torch.from_numpy(dropped), torch.from_numpy(kept)
 
 
@@ -395,13 +396,18 @@ def _abs_keys(vals, index):
 
 
 @_jit
-def _drop_lowest_abs(vals, index, k, sample):
-    """The drop's selection fused (ranks as `_best_positions` on -|vals[index]|): a gather,
-    a strided sample that brackets the k-th smallest magnitude, one pass that counts the
-    magnitudes below the bracket and collects the few inside it, the exact k-th among those,
-    and a split pass. NaN ranks as +inf (dropped last); ties go to the lower index. The
-    collecting and splitting passes flag in L1-sized chunks and visit set bits (`_compact`)."""
+def _drop_lowest_abs(vals, index, k, sample, dropped, kept):
+    """The drop's selection fused (ranks as `_best_positions` on -|vals[index]|), into
+    `dropped` (k entries) and `kept` (the rest): a gather, a strided sample that brackets the
+    k-th smallest magnitude, one pass that counts the magnitudes below the bracket and
+    collects the few inside it, the exact k-th among those, and a split pass. NaN ranks as
+    +inf (dropped last); ties go to the lower index. The collecting and splitting passes flag
+    in L1-sized chunks and visit set bits (`_compact`)."""
     c = index.shape[0]
+    if k <= 0 or k >= c:
+        dropped[:] = index[: dropped.shape[0]]
+        kept[:] = index[dropped.shape[0] :]
+        return
     keys = _abs_keys(vals, index)
     lo, hi = -np.inf, np.inf
     stride = _prime_at_least(c // sample)
@@ -441,15 +447,13 @@ def _drop_lowest_abs(vals, index, k, sample):
     threshold = _kth_smallest(band_keys.copy(), need - 1)
     need_ties = need - np.count_nonzero(band_keys < threshold)
     tie = np.flatnonzero(band_keys == threshold)
-    dropped = np.empty(k, np.int64)
-    kept = np.empty(c - k, np.int64)
     if tie.shape[0] > need_ties:  # too many ties at the threshold: the lowest indices
         take = keys < threshold
         ties = band[tie]
         take[ties[np.argsort(index[ties], kind="mergesort")[:need_ties]]] = True
         dropped[:] = index[take]
         kept[:] = index[~take]
-        return dropped, kept
+        return
     d = n_kept = 0
     for start in range(0, c, _CHUNK):  # split: dropped are the set bits, kept the clear ones
         chunk, chunk_index = keys[start : start + _CHUNK], index[start : start + _CHUNK]
@@ -465,7 +469,34 @@ def _drop_lowest_abs(vals, index, k, sample):
             rest = ~bits if valid >= 64 else ~bits & ((one << np.uint64(valid)) - one)
             d = _append_bits(bits, 64 * b, chunk_index, dropped, d)
             n_kept = _append_bits(rest, 64 * b, chunk_index, kept, n_kept)
-    return dropped, kept
+
+
+@_jit
+def _grow_and_apply(vals, before, after, dropped, k, n_cand, sample, ever, out, counts):
+    """A whole grow-and-commit of one layer's index form (the controller's `_grow` by
+    |vals| and `ops.apply_index_changes`): `after` = `before` without `dropped`, the k best
+    units not in it (all n_cand of them if fewer) are grown and set in `after`, and `out`
+    receives grown, gone, fresh and first-time units (`ever` is only read) one after the
+    other, their numbers in `counts`."""
+    after[:] = before
+    for d in dropped:
+        after[d] = 0
+    if k <= 0:
+        grown = np.empty(0, np.int64)
+    elif k >= n_cand:
+        grown = np.flatnonzero(after == 0)
+    else:
+        grown = _best_positions(vals, after, np.uint8(1), _no_index, k, n_cand, True, True, sample)
+    for g in grown:
+        after[g] = 1
+    gone = _where_flag(dropped, after, 0)
+    fresh = _where_flag(grown, before, 0)
+    first_time = _where_flag(fresh, ever, 0)
+    at = 0
+    for i, part in enumerate((grown, gone, fresh, first_time)):
+        out[at : at + part.shape[0]] = part
+        counts[i] = part.shape[0]
+        at += part.shape[0]
 
 
 @_jit(checked=True)

@@ -37,7 +37,7 @@ from sparsetrain import kernels
 #: below this many scores the threshold is taken directly over all candidates
 _DIRECT_BELOW = 1 << 15
 #: sampled scores for the bracket
-_SAMPLE = 1 << 13
+SELECTION_SAMPLE = 1 << 13
 #: one-sided bracket when k * ratio < number of scores (an exact k-th over ~k entries is
 #: cheaper than one more pass over all of them)
 _ONE_SIDED_RATIO = 20
@@ -118,7 +118,7 @@ def best_positions(
         return torch.zeros(0, dtype=torch.long, device=values.device)
     if kernels.usable(values) and k < n_cand:  # one fused pass (numba), not several operators
         return kernels.best_positions(
-            values, k, largest, absolute, candidates, n_cand, index, _SAMPLE, exclude
+            values, k, largest, absolute, candidates, n_cand, index, SELECTION_SAMPLE, exclude
         )
     if candidates is not None and exclude:
         candidates = ~candidates
@@ -225,7 +225,9 @@ def drop_lowest_abs(
     smallest magnitude, and the rest, both in `index`'s order. Ties go to the lower index and
     NaN ranks as the largest magnitude (as `best_positions` on the gathered |values|)."""
     if 0 < k < index.numel() and kernels.usable(values) and values.is_floating_point():
-        return kernels.drop_lowest_abs(values, index, k, _SAMPLE // 2)  # gather+select+split
+        return kernels.drop_lowest_abs(
+            values, index, k, SELECTION_SAMPLE // 2
+        )  # gather+select+split
     positions = best_positions(abs_at(values, index), k, largest=False, index=index)
     return split_positions(index, positions)
 
@@ -292,7 +294,7 @@ def _bracket(
         return None, None
     # strided (cache-friendly, unlike random gathers), with a prime stride so that it does not
     # alias with a weight matrix's row length (a biased sample costs speed, never correctness)
-    stride = _prime_at_least(n // _SAMPLE)
+    stride = _prime_at_least(n // SELECTION_SAMPLE)
     sample = flat[stride // 2 :: stride]
     if cand is not None:
         sample = sample[cand[stride // 2 :: stride]]

@@ -1,0 +1,240 @@
+"""The mask update's per-layer kernels side by side on PyTorch's own OpenMP threads.
+
+Inside training the second core is not idle between steps: PyTorch's OpenMP worker spins on
+it, waiting for the next operator, for milliseconds after each one. Python threads running
+the (GIL-free) kernels of two layers at once were measured no faster, because the spinning
+worker keeps that core. So the layers' kernels are handed to that worker instead: one call
+of libgomp's `GOMP_parallel` (the ABI every OpenMP compiler emits, exported by the runtime
+PyTorch loaded) runs a compiled worker on each thread of PyTorch's team, and the workers
+take the layers from a shared counter, largest first. Two 1M-weight layers then update in
+about 0.6 of the time one thread takes.
+
+Each job reads its inputs and writes only buffers allocated for it, so the results are the
+serial ones, bit for bit; the same compiled worker runs serially when PyTorch has one thread,
+its runtime is not found (not Linux, not OpenMP), or `SPARSETRAIN_OPENMP=0`. A job that
+fails (a bug) leaves its "done" flag unset, and the caller re-runs it on the serial path,
+which raises the real error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sparsetrain import kernels
+from sparsetrain.ops import SELECTION_SAMPLE
+
+try:
+    from llvmlite import ir
+    from numba import carray, cfunc, njit, types
+    from numba.extending import intrinsic
+except ImportError:  # pragma: no cover - numba is a dependency
+    njit = None
+
+#: whether `run` may use PyTorch's OpenMP threads (tests flip it to check both paths)
+enabled = os.environ.get("SPARSETRAIN_OPENMP", "1") != "0"
+
+#: layers below this many weights are not worth a job (one updates in microseconds)
+MIN_UNITS = 1 << 16
+#: the header of a job table: [next job (the shared counter), number of jobs, row width]
+_HEADER = 3
+
+
+def _find_gomp_parallel():
+    """`GOMP_parallel` of the OpenMP runtime PyTorch loaded, or None."""
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return None
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    torch_dir = str(Path(torch.__file__).parent)
+    runtimes = {
+        line.split(None, 5)[5].strip()
+        for line in maps.splitlines()
+        if line.count(" ") >= 5 and any(n in line for n in ("libgomp", "libiomp", "libomp"))
+    }
+    # PyTorch's own copy first: another runtime may be loaded beside it (e.g. numba's)
+    for path in sorted(runtimes, key=lambda p: not p.startswith(torch_dir)):
+        try:
+            fn = ctypes.CDLL(path).GOMP_parallel
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+        fn.restype = None
+        return fn
+    return None
+
+
+if njit is not None:
+
+    def _pointer(numba_type):
+        @intrinsic
+        def cast(typingctx, address):
+            sig = types.CPointer(numba_type)(address)
+
+            def codegen(context, builder, signature, args):
+                return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+            return sig, codegen
+
+        return cast
+
+    _f32, _u8, _i64 = _pointer(types.float32), _pointer(types.uint8), _pointer(types.int64)
+
+    @intrinsic
+    def _address(typingctx, pointer):
+        def codegen(context, builder, signature, args):
+            return builder.ptrtoint(args[0], ir.IntType(64))
+
+        return types.int64(pointer), codegen
+
+    @intrinsic
+    def _fetch_add(typingctx, address):
+        """Atomically add 1 to the int64 at `address`; its value before."""
+
+        def codegen(context, builder, signature, args):
+            ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+            return builder.atomic_rmw("add", ptr, ir.Constant(ir.IntType(64), 1), "seq_cst")
+
+        return types.int64(address), codegen
+
+    @njit(nogil=True, cache=True)
+    def _drop_job(row):
+        # row: [done, values, n, index, c, k, dropped, kept, sample]
+        values = carray(_f32(row[1]), (row[2],))
+        index = carray(_i64(row[3]), (row[4],))
+        k = row[5]
+        dropped = carray(_i64(row[6]), (k,))
+        kept = carray(_i64(row[7]), (row[4] - k,))
+        kernels._drop_lowest_abs(values, index, k, row[8], dropped, kept)
+
+    @njit(nogil=True, cache=True)
+    def _grow_job(row):
+        # row: [done, values, n, before, after, dropped, n_dropped, k, n_cand, sample, ever,
+        #       out, out size, counts]
+        n = row[2]
+        kernels._grow_and_apply(
+            carray(_f32(row[1]), (n,)),
+            carray(_u8(row[3]), (n,)),
+            carray(_u8(row[4]), (n,)),
+            carray(_i64(row[5]), (row[6],)),
+            row[7],
+            row[8],
+            row[9],
+            carray(_u8(row[10]), (n,)),
+            carray(_i64(row[11]), (row[12],)),
+            carray(_i64(row[13]), (4,)),
+        )
+
+    def _worker(job):
+        @cfunc(types.void(types.voidptr), cache=True, nogil=True)
+        def work(data):
+            start = _address(data)
+            header = carray(_i64(start), (_HEADER,))
+            table = carray(_i64(start + 8 * _HEADER), (header[1], header[2]))
+            while True:
+                j = _fetch_add(start)
+                if j >= header[1]:
+                    break
+                job(table[j])
+                table[j, 0] = 1
+
+        return work
+
+    _JOBS = {"drop": _drop_job, "grow": _grow_job}
+    _WORKERS = {kind: _worker(job) for kind, job in _JOBS.items()}
+
+
+_gomp_parallel = None
+_searched = False
+
+
+def run(kind: str, rows: list[list[int]], sizes: list[int]) -> None:
+    """Run the jobs (one table row each; `sizes` orders them, largest first) on PyTorch's
+    OpenMP threads, or serially; a job whose "done" flag (column 0) stays unset is re-run
+    from Python, which raises its error."""
+    global _gomp_parallel, _searched
+    if not rows:
+        return
+    order = sorted(range(len(rows)), key=lambda j: -sizes[j])
+    width = len(rows[0])
+    table = np.zeros(_HEADER + len(rows) * width, np.int64)
+    table[1:_HEADER] = len(rows), width
+    jobs = table[_HEADER:].reshape(len(rows), width)
+    jobs[:] = np.asarray([rows[j] for j in order], np.int64)
+    threads = min(torch.get_num_threads(), len(rows))
+    if enabled and threads > 1 and not _searched:
+        _gomp_parallel, _searched = _find_gomp_parallel(), True
+    if enabled and threads > 1 and _gomp_parallel is not None:
+        _gomp_parallel(_WORKERS[kind].address, table.ctypes.data, threads, 0)
+    else:
+        _WORKERS[kind].ctypes(ctypes.c_void_p(table.ctypes.data))
+    for row in jobs:
+        if not row[0]:
+            _JOBS[kind](row)
+
+
+def usable(values: torch.Tensor) -> bool:
+    """Whether the layer jobs can take `values` (float32 on CPU, kernels enabled)."""
+    return njit is not None and kernels.usable(values) and values.dtype == torch.float32
+
+
+def drop_lowest_abs_layers(
+    jobs: list[tuple[torch.Tensor, torch.Tensor, int]], sample: int = SELECTION_SAMPLE // 2
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`ops.drop_lowest_abs` of several layers' (values, index, k), side by side: for each,
+    (dropped, kept). `values`: float32 (`usable`); `index`: int64, all on CPU."""
+    outputs, rows, keep_alive = [], [], []
+    for values, index, k in jobs:
+        values, index = values.detach().contiguous(), index.contiguous()
+        k = min(max(k, 0), index.numel())
+        dropped = torch.empty(k, dtype=torch.long)
+        kept = torch.empty(index.numel() - k, dtype=torch.long)
+        outputs.append((dropped, kept))
+        keep_alive += [values, index]
+        rows.append(
+            [
+                *(0, values.data_ptr(), values.numel(), index.data_ptr(), index.numel(), k),
+                *(dropped.data_ptr(), kept.data_ptr(), sample),
+            ]
+        )
+    run("drop", rows, [index.numel() for _, index, _ in jobs])
+    return outputs
+
+
+def grow_and_apply_layers(
+    jobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int, torch.Tensor]],
+    sample: int = SELECTION_SAMPLE,
+) -> list[tuple[torch.Tensor, ...]]:
+    """The grow by |score| and the index changes of several layers, side by side. A job is
+    (scores, before, dropped, k, n_candidates, ever): float32 scores, 1-D bool unit masks
+    (contiguous), the dropped units; for each, (after, grown, gone, fresh, first_time) as
+    `dst.grow_highest_units` (absolute) and `ops.apply_index_changes`, except that `ever`
+    is not updated (the caller marks first_time in it)."""
+    outputs, rows, keep_alive = [], [], []
+    for scores, before, dropped, k, n_cand, ever in jobs:
+        scores = scores.detach().reshape(-1).contiguous()
+        n_grown = min(max(k, 0), n_cand)
+        after = torch.empty_like(before)
+        out = torch.empty(3 * n_grown + dropped.numel(), dtype=torch.long)
+        counts = torch.zeros(4, dtype=torch.long)
+        outputs.append((after, out, counts))
+        keep_alive += [scores, dropped]
+        rows.append(
+            [
+                *(0, scores.data_ptr(), scores.numel(), before.data_ptr(), after.data_ptr()),
+                *(dropped.data_ptr(), dropped.numel(), k, n_cand, sample, ever.data_ptr()),
+                *(out.data_ptr(), out.numel(), counts.data_ptr()),
+            ]
+        )
+    run("grow", rows, [before.numel() for _, before, *_ in jobs])
+    results = []
+    for after, out, counts in outputs:
+        parts = out.split([*counts.tolist(), out.numel() - int(counts.sum())])
+        results.append((after, *parts[:4]))
+    return results
