@@ -1,0 +1,139 @@
+"""Layers side by side on PyTorch's OpenMP threads: the same selections as one at a time."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sparsetrain
+from sparsetrain import kernels, openmp
+from sparsetrain.algorithms.dst import grow_highest_units
+from sparsetrain.ops import apply_index_changes, drop_lowest_abs, without
+
+pytestmark = pytest.mark.skipif(kernels.numba is None, reason="numba")
+
+
+@contextlib.contextmanager
+def team(on: bool):
+    """PyTorch's threads (two) or the serial worker on the calling thread."""
+    saved, threads = openmp.enabled, torch.get_num_threads()
+    openmp.enabled = on
+    torch.set_num_threads(2)
+    try:
+        yield
+    finally:
+        openmp.enabled, _ = saved, torch.set_num_threads(threads)
+
+
+def _layers(seed: int, sizes=(70_000, 120_000, 3_000)):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in sizes:
+        weight = (torch.randn(n, generator=g) * 8).round()  # heavy ties
+        mask = torch.rand(n, generator=g) < 0.2
+        ever = mask | (torch.rand(n, generator=g) < 0.1)
+        out.append((weight, mask, ever, (torch.randn(n, generator=g) * 8).round()))
+    return out
+
+
+@pytest.mark.parametrize("on", [True, False])
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
+def test_layer_jobs_equal_the_per_layer_ops(on, fraction):
+    """Drop, grow and index changes of several layers at once (ties, k = 0, k = all, more
+    growth than candidates) give exactly what the per-layer operators give."""
+    layers = _layers(int(fraction * 10))
+    drops = [(w, m.nonzero().squeeze(1), round(fraction * int(m.sum()))) for w, m, _, _ in layers]
+    with team(on):
+        dropped_kept = openmp.drop_lowest_abs_layers(drops)
+    grows = []
+    for (_, mask, ever, score), (dropped, kept) in zip(layers, dropped_kept):
+        k = dropped.numel() + 5_000  # at fraction 1.0: beyond the candidates of the small one
+        grows.append((score, mask, dropped, k, mask.numel() - kept.numel(), ever))
+    ever_before = [ever.clone() for _, _, ever, _ in layers]
+    with team(on):
+        changes = openmp.grow_and_apply_layers(grows)
+    if on and sys.platform == "linux":
+        assert openmp._gomp_parallel is not None, "PyTorch's OpenMP runtime not found"
+    for (w, index, k), (dropped, kept) in zip(drops, dropped_kept):
+        want = drop_lowest_abs(w, index, k) if 0 < k < index.numel() else (index[:k], index[k:])
+        assert torch.equal(dropped, want[0]) and torch.equal(kept, want[1])
+    for (score, mask, dropped, k, n_cand, ever), got in zip(grows, changes):
+        after = without(mask, dropped)
+        grown = grow_highest_units(score, after, k, absolute=True, n_kept=mask.numel() - n_cand)
+        ever_after = ever.clone()
+        gone, fresh, first_time = apply_index_changes(mask, after, dropped, grown, ever_after)
+        for a, b in zip(got, (after, grown, gone, fresh, first_time)):
+            assert torch.equal(a, b)
+    for ever, before in zip([ever for _, _, ever, _ in layers], ever_before):
+        assert torch.equal(ever, before)  # only read: the caller marks first_time
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_failing_job_raises_its_error():
+    """A job that fails on a worker thread is re-run on the caller's, which raises."""
+    weight = torch.randn(100_000)
+    good = torch.arange(0, 100_000, 7)
+    bad = good.clone()
+    bad[-1] = 10**9  # out of bounds
+    with team(True), pytest.raises(IndexError):
+        openmp.drop_lowest_abs_layers([(weight, good, 100), (weight, bad, 100)])
+
+
+class TwoBig(nn.Module):
+    """Two layers above `openmp.MIN_UNITS`, so that updates use the layer jobs."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(256, 320)
+        self.b = nn.Linear(320, 256)
+        self.c = nn.Linear(256, 10)
+
+    def forward(self, x):
+        return self.c(F.relu(self.b(F.relu(self.a(x)))))
+
+
+@pytest.mark.parametrize("method", ["RigL", "SNFS", "SET"])
+def test_controller_with_layer_jobs_equals_one_layer_at_a_time(method, monkeypatch):
+    """Training with the layer jobs (team or serial worker) and with the per-layer path
+    gives identical masks, weights and optimizer state."""
+    torch.manual_seed(0)
+    base = TwoBig()
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(32, 256, generator=g), torch.randint(0, 10, (32,), generator=g))]
+    assert base.a.weight.numel() >= openmp.MIN_UNITS
+
+    def train(mode: str):
+        net = copy.deepcopy(base)
+        opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        kw = {"interval": 3} if method == "RigL" else {"steps_per_epoch": 3}
+        ctl = sparsetrain.sparsify(net, opt, method, density=0.1, init="ERK", total_steps=30, **kw)
+        with monkeypatch.context() as m, team(mode == "team"):
+            if mode == "per-layer":
+                m.setattr(openmp, "MIN_UNITS", 10**12)
+            for step in range(12):
+                x, y = batches[0]
+                opt.zero_grad()
+                F.cross_entropy(net(x), y).backward()
+                opt.step()
+                if method != "RigL" and step % 3 == 2:
+                    ctl.end_epoch()
+        return net, opt, ctl
+
+    results = {mode: train(mode) for mode in ("team", "serial", "per-layer")}
+    ref_net, ref_opt, ref_ctl = results["per-layer"]
+    assert len(ref_ctl.update_log) >= 3
+    for net, opt, ctl in (results["team"], results["serial"]):
+        for name, mask in ref_ctl.masks.items():
+            assert torch.equal(ctl.masks[name], mask), name
+            assert torch.equal(ctl.ever_active[name], ref_ctl.ever_active[name])
+        for p, q in zip(net.parameters(), ref_net.parameters()):
+            assert torch.equal(p, q)
+            state, ref_state = opt.state[p], ref_opt.state[q]
+            assert torch.equal(state["momentum_buffer"], ref_state["momentum_buffer"])
+        assert ctl.update_log == ref_ctl.update_log
