@@ -181,6 +181,19 @@ class _Factors:
             cached = self._cache[name] = (mask, mask._version, factor)
         return cached[2] if cached[2].dtype == like.dtype else _as_factor(mask)
 
+    def cached(self, name: str, mask: torch.Tensor) -> torch.Tensor | None:
+        """The float copy of `mask` if one is cached and current (to patch in place)."""
+        entry = self._cache.get(name)
+        if entry is None or entry[0] is not mask or entry[1] != mask._version:
+            return None
+        return entry[2]
+
+    def moved(self, name: str, old: torch.Tensor, new: torch.Tensor) -> None:
+        """The float copy of `old`, already patched to `new`, now stands for `new`."""
+        entry = self._cache.get(name)
+        if entry is not None and entry[0] is old:
+            self._cache[name] = (new, new._version, entry[2])
+
     def changed(
         self, name: str, mask: torch.Tensor, off: torch.Tensor, on: torch.Tensor, group: int
     ) -> None:
@@ -697,41 +710,59 @@ class SparsityController:
                 capacity[layer.name] = layer.param.numel() // layer.group - kept[layer.name].numel()
             grows = redistribute(sum(drops.values()), scores, capacity)
         created = 0
-        changes = {}
-        if self.options.growth_mode != "random":
-            teamed = self._teamed(
-                layers,
-                self._grow_score,
-                lambda layer: (
-                    self.masks[layer.name].is_contiguous()
-                    and self.ever_active[layer.name].is_contiguous()
-                ),
-            )
-            jobs = []
-            for t in teamed:
-                before, n = self.masks[t.name].reshape(-1), t.param.numel()
-                ever = self.ever_active[t.name].reshape(-1)
-                n_cand = n - kept[t.name].numel()
-                jobs.append(
-                    (self._grow_score(t), before, dropped[t.name], grows[t.name], n_cand, ever)
-                )
-            for t, job, result in zip(teamed, jobs, openmp.grow_and_apply_layers(jobs)):
-                job[5].index_fill_(0, result[4], True)  # first_time, now ever active
-                changes[t.name] = result
+        random = self.options.growth_mode == "random"
+        teamed = self._teamed(
+            layers,
+            lambda layer: layer.param,
+            lambda layer: (
+                layer.param.is_contiguous()
+                and self.masks[layer.name].is_contiguous()
+                and self.ever_active[layer.name].is_contiguous()
+                and (random or openmp.usable(self._grow_score(layer)))
+            ),
+        )
+        jobs = []
         for layer in layers:  # in layer order: random grows draw from the one generator
             name = layer.name
-            if name in changes:
-                after, grown, gone, fresh, new_to_ever = changes[name]
-            else:
-                before = self.masks[name].reshape(-1, layer.group)[:, 0]
-                after = without(before, dropped[name])  # the kept units; the grow adds its own
-                grown = self._grow(layer, after, kept[name].numel(), grows[name])
-                ever = _units_view(self.ever_active[name], layer.group)
-                gone, fresh, new_to_ever = apply_index_changes(
-                    before, after, dropped[name], grown, ever
-                )
+            before = self.masks[name].reshape(-1, layer.group)[:, 0]
+            if layer in teamed:  # committed below, side by side with the other large layers
+                job = {
+                    "before": self.masks[name].reshape(-1),
+                    "dropped": dropped[name],
+                    "kept": kept[name],
+                    "k": grows[name],
+                    "n_cand": before.numel() - kept[name].numel(),
+                    "ever": self.ever_active[name].reshape(-1),
+                    "weight": layer.param.detach().reshape(-1),
+                    "states": optim_state.state_tensors(self.optimizer, layer.param),
+                    "reset_fresh": self.options.dense_gradients,
+                    "factor": self._factor.cached(name, self.masks[name]),
+                }
+                if random:
+                    job["after"] = without(before, dropped[name])
+                    job["grown"] = self._grow(layer, job["after"], kept[name].numel(), grows[name])
+                else:
+                    job["scores"] = self._grow_score(layer)
+                jobs.append((layer, job))
+                continue
+            after = without(before, dropped[name])  # the kept units; the grow adds its own
+            grown = self._grow(layer, after, kept[name].numel(), grows[name])
+            ever = _units_view(self.ever_active[name], layer.group)
+            gone, fresh, new_to_ever = apply_index_changes(
+                before, after, dropped[name], grown, ever
+            )
             created += self._commit_layer(
                 layer, dropped[name], kept[name], grown, after, gone, fresh, new_to_ever
+            )
+        results = openmp.commit_layers([job for _, job in jobs])
+        for (layer, job), (after, grown, gone, fresh, new_to_ever, active) in zip(jobs, results):
+            job["ever"].index_fill_(0, new_to_ever, True)
+            torch.autograd.graph.increment_version(layer.param)  # written in place by the job
+            created += self._commit_layer(
+                layer,
+                *(dropped[layer.name], kept[layer.name], grown, after, gone, fresh, new_to_ever),
+                written=job["written"],
+                active=active,
             )
         return created
 
@@ -781,26 +812,39 @@ class SparsityController:
         gone: torch.Tensor,
         fresh: torch.Tensor,
         new_to_ever: torch.Tensor,
+        written: list[bool] | None = None,
+        active: torch.Tensor | None = None,
     ) -> int:
         """Commit one layer's drop-and-grow index changes (`ops.apply_index_changes`: the new
         unit mask `after`, the units gone, fresh and new to the ever-active record); returns
-        its new connections.
+        its new connections. `written`: which of weight, first two optimizer states and float
+        mask `openmp.commit_layers` already wrote; `active`: the new active units it listed.
 
         Only the touched units are written: by the invariant of `_masks_replaced`, inactive
         weights (and, with masked gradients, their optimizer state) are already 0, so zeroing
         the dropped-and-not-regrown units (state: the newly grown ones with dense gradients)
         equals re-multiplying everything by the new mask."""
         name = layer.name
-        with torch.no_grad():
-            _units_view(layer.param, layer.group).index_fill_(0, gone, 0)
+        written = written or [False] * 4
+        if not written[0]:
+            with torch.no_grad():
+                _units_view(layer.param, layer.group).index_fill_(0, gone, 0)
         reset = fresh if self.options.dense_gradients else gone
-        for state in optim_state.state_tensors(self.optimizer, layer.param):
-            _units_view(state, layer.group).index_fill_(0, reset, 0)
+        for i, state in enumerate(optim_state.state_tensors(self.optimizer, layer.param)):
+            if not (i < 2 and written[1 + i]):
+                _units_view(state, layer.group).index_fill_(0, reset, 0)
         if name in self._ever_count:
             self._ever_count[name] += new_to_ever.numel() * layer.group
-        self.masks[name] = expand_groups(after, layer.group, layer.param.shape)
-        self._factor.changed(name, self.masks[name], gone, fresh, layer.group)
-        self._active[name] = torch.cat([kept, grown])  # two ascending runs
+        old_mask, self.masks[name] = (
+            self.masks[name],
+            expand_groups(after, layer.group, layer.param.shape),
+        )
+        if written[3]:
+            self._factor.moved(name, old_mask, self.masks[name])
+        else:
+            self._factor.changed(name, self.masks[name], gone, fresh, layer.group)
+        # two ascending runs: the kept units, then the grown ones
+        self._active[name] = torch.cat([kept, grown]) if active is None else active
         layer.budget += (grown.numel() - dropped.numel()) * layer.group
         return fresh.numel() * layer.group
 

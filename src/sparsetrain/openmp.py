@@ -40,8 +40,9 @@ enabled = os.environ.get("SPARSETRAIN_OPENMP", "1") != "0"
 
 #: layers below this many weights are not worth a job (one updates in microseconds)
 MIN_UNITS = 1 << 16
-#: the header of a job table: [next job (the shared counter), number of jobs, row width]
-_HEADER = 3
+#: the header of a job table: [next job (the shared counter), number of jobs, row width,
+#: kind (0: drop, 1: commit)]
+_HEADER = 4
 
 
 def _find_gomp_parallel():
@@ -114,40 +115,49 @@ if njit is not None:
         kernels._drop_lowest_abs(values, index, k, row[8], dropped, kept)
 
     @njit(nogil=True, cache=True)
-    def _grow_job(row):
-        # row: [done, values, n, before, after, dropped, n_dropped, k, n_cand, sample, ever,
-        #       out, out size, counts]
-        n = row[2]
-        kernels._grow_and_apply(
-            carray(_f32(row[1]), (n,)),
+    def _commit_job(row):
+        # row: done, scores, n, before, after, dropped, n_dropped, k, n_cand, sample,
+        # n_grown_given, grown, n_kept, kept, ever, weight, state0, state1, reset_fresh,
+        # factor, out, out size, counts (a pointer 0: absent)
+        n, n_dropped, n_grown, n_kept = row[2], row[6], row[10], row[12]
+        kernels._grow_and_commit(
+            carray(_f32(row[1]), (n if row[1] else 0,)),
             carray(_u8(row[3]), (n,)),
             carray(_u8(row[4]), (n,)),
-            carray(_i64(row[5]), (row[6],)),
+            carray(_i64(row[5]), (n_dropped,)),
             row[7],
             row[8],
             row[9],
-            carray(_u8(row[10]), (n,)),
-            carray(_i64(row[11]), (row[12],)),
-            carray(_i64(row[13]), (4,)),
+            carray(_i64(row[11]), (n_grown,)),
+            carray(_i64(row[13]), (n_kept,)),
+            carray(_u8(row[14]), (n,)),
+            carray(_f32(row[15]), (n,)),
+            carray(_f32(row[16]), (n if row[16] else 0,)),
+            carray(_f32(row[17]), (n if row[17] else 0,)),
+            row[18] != 0,
+            carray(_f32(row[19]), (n if row[19] else 0,)),
+            carray(_i64(row[20]), (row[21],)),
+            carray(_i64(row[22]), (6,)),
         )
 
-    def _worker(job):
-        @cfunc(types.void(types.voidptr), cache=True, nogil=True)
-        def work(data):
-            start = _address(data)
-            header = carray(_i64(start), (_HEADER,))
-            table = carray(_i64(start + 8 * _HEADER), (header[1], header[2]))
-            while True:
-                j = _fetch_add(start)
-                if j >= header[1]:
-                    break
-                job(table[j])
-                table[j, 0] = 1
+    @cfunc(types.void(types.voidptr), cache=True, nogil=True)
+    def _work(data):
+        """What each thread runs: take the next job from the shared counter until none is
+        left (one module-level function: numba caches it once, not once per process)."""
+        start = _address(data)
+        header = carray(_i64(start), (_HEADER,))
+        table = carray(_i64(start + 8 * _HEADER), (header[1], header[2]))
+        while True:
+            j = _fetch_add(start)
+            if j >= header[1]:
+                break
+            if header[3] == 0:
+                _drop_job(table[j])
+            else:
+                _commit_job(table[j])
+            table[j, 0] = 1
 
-        return work
-
-    _JOBS = {"drop": _drop_job, "grow": _grow_job}
-    _WORKERS = {kind: _worker(job) for kind, job in _JOBS.items()}
+    _JOBS = {"drop": _drop_job, "commit": _commit_job}
 
 
 _gomp_parallel = None
@@ -164,16 +174,16 @@ def run(kind: str, rows: list[list[int]], sizes: list[int]) -> None:
     order = sorted(range(len(rows)), key=lambda j: -sizes[j])
     width = len(rows[0])
     table = np.zeros(_HEADER + len(rows) * width, np.int64)
-    table[1:_HEADER] = len(rows), width
+    table[1:_HEADER] = len(rows), width, list(_JOBS).index(kind)
     jobs = table[_HEADER:].reshape(len(rows), width)
     jobs[:] = np.asarray([rows[j] for j in order], np.int64)
     threads = min(torch.get_num_threads(), len(rows))
     if enabled and threads > 1 and not _searched:
         _gomp_parallel, _searched = _find_gomp_parallel(), True
     if enabled and threads > 1 and _gomp_parallel is not None:
-        _gomp_parallel(_WORKERS[kind].address, table.ctypes.data, threads, 0)
+        _gomp_parallel(_work.address, table.ctypes.data, threads, 0)
     else:
-        _WORKERS[kind].ctypes(ctypes.c_void_p(table.ctypes.data))
+        _work.ctypes(ctypes.c_void_p(table.ctypes.data))
     for row in jobs:
         if not row[0]:
             _JOBS[kind](row)
@@ -207,34 +217,61 @@ def drop_lowest_abs_layers(
     return outputs
 
 
-def grow_and_apply_layers(
-    jobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int, torch.Tensor]],
-    sample: int = SELECTION_SAMPLE,
-) -> list[tuple[torch.Tensor, ...]]:
-    """The grow by |score| and the index changes of several layers, side by side. A job is
-    (scores, before, dropped, k, n_candidates, ever): float32 scores, 1-D bool unit masks
-    (contiguous), the dropped units; for each, (after, grown, gone, fresh, first_time) as
-    `dst.grow_highest_units` (absolute) and `ops.apply_index_changes`, except that `ever`
-    is not updated (the caller marks first_time in it)."""
+def _float_pointer(tensor: torch.Tensor | None, n: int) -> int:
+    """The address of a contiguous float32 CPU tensor of n entries, else 0 (absent)."""
+    usable_here = (
+        tensor is not None
+        and tensor.dtype == torch.float32
+        and tensor.device.type == "cpu"
+        and tensor.is_contiguous()
+        and tensor.numel() == n
+    )
+    return tensor.data_ptr() if usable_here else 0
+
+
+def commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor, ...]]:
+    """The grows (by |scores|, unless `grown` is given) and commits of several layers, side
+    by side. A job has `before` (the 1-D bool unit mask), `dropped`, `kept`, `k`, `n_cand`,
+    `ever`, `weight`, `states`, `reset_fresh` and `factor` (see `kernels._commit_units`),
+    and either `scores` (float32) or `grown` with `after` (`ops.without(before, dropped)`
+    with the grown set). For each, (after, grown, gone, fresh, first_time, active), as
+    `dst.grow_highest_units` (absolute), `ops.apply_index_changes` and the controller's
+    writes; `ever` is not updated (the caller marks first_time in it). Weights, states and
+    the float mask must be float32 and contiguous (`usable`), else the caller writes them:
+    `written` in each job tells which were."""
     outputs, rows, keep_alive = [], [], []
-    for scores, before, dropped, k, n_cand, ever in jobs:
-        scores = scores.detach().reshape(-1).contiguous()
-        n_grown = min(max(k, 0), n_cand)
-        after = torch.empty_like(before)
-        out = torch.empty(3 * n_grown + dropped.numel(), dtype=torch.long)
-        counts = torch.zeros(4, dtype=torch.long)
+    for job in jobs:
+        before, dropped, kept = job["before"], job["dropped"], job["kept"]
+        n = before.numel()
+        grown = job.get("grown")
+        scores = None if grown is not None else job["scores"].detach().reshape(-1).contiguous()
+        n_grown = grown.numel() if grown is not None else min(max(job["k"], 0), job["n_cand"])
+        after = job.get("after") if grown is not None else torch.empty_like(before)
+        given = grown if grown is not None else torch.empty(0, dtype=torch.long)
+        states = [*job["states"], None, None][:2]
+        pointers = [_float_pointer(t, n) for t in (job["weight"], *states, job["factor"])]
+        job["written"] = [p != 0 for p in pointers]
+        if not pointers[0]:
+            raise ValueError("commit_layers needs float32 contiguous weights")
+        out = torch.empty(4 * n_grown + dropped.numel() + kept.numel(), dtype=torch.long)
+        counts = torch.zeros(6, dtype=torch.long)
         outputs.append((after, out, counts))
-        keep_alive += [scores, dropped]
+        keep_alive += [scores, given, kept, dropped]
         rows.append(
             [
-                *(0, scores.data_ptr(), scores.numel(), before.data_ptr(), after.data_ptr()),
-                *(dropped.data_ptr(), dropped.numel(), k, n_cand, sample, ever.data_ptr()),
-                *(out.data_ptr(), out.numel(), counts.data_ptr()),
+                *(0, 0 if scores is None else scores.data_ptr(), n, before.data_ptr()),
+                *(after.data_ptr(), dropped.data_ptr(), dropped.numel(), job["k"], job["n_cand"]),
+                *(SELECTION_SAMPLE, given.numel(), given.data_ptr(), kept.numel()),
+                *(kept.data_ptr(), job["ever"].data_ptr(), pointers[0], pointers[1], pointers[2]),
+                *(int(job["reset_fresh"]), pointers[3], out.data_ptr(), out.numel()),
+                counts.data_ptr(),
             ]
         )
-    run("grow", rows, [before.numel() for _, before, *_ in jobs])
+    run("commit", rows, [job["before"].numel() for job in jobs])
     results = []
     for after, out, counts in outputs:
-        parts = out.split([*counts.tolist(), out.numel() - int(counts.sum())])
-        results.append((after, *parts[:4]))
+        sizes = counts.tolist()
+        parts = out.split([*sizes, out.numel() - sum(sizes)])
+        active = out.narrow(0, sum(sizes[:4]), sizes[4] + sizes[5])
+        results.append((after, *parts[:4], active))
     return results

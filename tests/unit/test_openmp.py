@@ -51,27 +51,48 @@ def test_layer_jobs_equal_the_per_layer_ops(on, fraction):
     drops = [(w, m.nonzero().squeeze(1), round(fraction * int(m.sum()))) for w, m, _, _ in layers]
     with team(on):
         dropped_kept = openmp.drop_lowest_abs_layers(drops)
-    grows = []
-    for (_, mask, ever, score), (dropped, kept) in zip(layers, dropped_kept):
+    jobs, ever_before = [], []
+    for (weight, mask, ever, score), (dropped, kept) in zip(layers, dropped_kept):
         k = dropped.numel() + 5_000  # at fraction 1.0: beyond the candidates of the small one
-        grows.append((score, mask, dropped, k, mask.numel() - kept.numel(), ever))
-    ever_before = [ever.clone() for _, _, ever, _ in layers]
+        state, factor = torch.randn(mask.numel()), mask.float()
+        jobs.append(
+            {
+                "before": mask,
+                "dropped": dropped,
+                "kept": kept,
+                "k": k,
+                "n_cand": mask.numel() - kept.numel(),
+                "ever": ever,
+                "scores": score,
+                "weight": weight.clone(),
+                "states": [state],
+                "reset_fresh": fraction == 0.3,
+                "factor": factor,
+            }
+        )
+        ever_before.append(ever.clone())
     with team(on):
-        changes = openmp.grow_and_apply_layers(grows)
+        changes = openmp.commit_layers([dict(job) for job in jobs])
     if on and sys.platform == "linux":
         assert openmp._gomp_parallel is not None, "PyTorch's OpenMP runtime not found"
     for (w, index, k), (dropped, kept) in zip(drops, dropped_kept):
         want = drop_lowest_abs(w, index, k) if 0 < k < index.numel() else (index[:k], index[k:])
         assert torch.equal(dropped, want[0]) and torch.equal(kept, want[1])
-    for (score, mask, dropped, k, n_cand, ever), got in zip(grows, changes):
+    for job, got, ever in zip(jobs, changes, ever_before):
+        mask, dropped, k = job["before"], job["dropped"], job["k"]
         after = without(mask, dropped)
-        grown = grow_highest_units(score, after, k, absolute=True, n_kept=mask.numel() - n_cand)
+        grown = grow_highest_units(
+            job["scores"], after, k, absolute=True, n_kept=job["kept"].numel()
+        )
         ever_after = ever.clone()
         gone, fresh, first_time = apply_index_changes(mask, after, dropped, grown, ever_after)
-        for a, b in zip(got, (after, grown, gone, fresh, first_time)):
+        active = torch.cat([job["kept"], grown])
+        for a, b in zip(got, (after, grown, gone, fresh, first_time, active)):
             assert torch.equal(a, b)
-    for ever, before in zip([ever for _, _, ever, _ in layers], ever_before):
-        assert torch.equal(ever, before)  # only read: the caller marks first_time
+        assert torch.equal(job["ever"], ever)  # only read: the caller marks first_time
+        weight, (state,), factor = job["weight"], job["states"], job["factor"]
+        assert not weight[gone].any() and torch.equal(factor, after.float())
+        assert not state[fresh if job["reset_fresh"] else gone].any()
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
