@@ -140,10 +140,10 @@ if njit is not None:
             carray(_i64(row[22]), (6,)),
         )
 
-    @cfunc(types.void(types.voidptr), cache=True, nogil=True)
     def _work(data):
         """What each thread runs: take the next job from the shared counter until none is
-        left (one module-level function: numba caches it once, not once per process)."""
+        left (compiled on first use by `_worker`; module-level, so that numba's disk cache
+        holds it once, not once per process as a closure)."""
         start = _address(data)
         header = carray(_i64(start), (_HEADER,))
         table = carray(_i64(start + 8 * _HEADER), (header[1], header[2]))
@@ -162,6 +162,15 @@ if njit is not None:
 
 _gomp_parallel = None
 _searched = False
+_compiled = None
+
+
+def _worker():
+    """The compiled `_work` (a C callback), built or loaded from numba's cache once."""
+    global _compiled
+    if _compiled is None:
+        _compiled = cfunc(types.void(types.voidptr), cache=True, nogil=True)(_work)
+    return _compiled
 
 
 def run(kind: str, rows: list[list[int]], sizes: list[int]) -> None:
@@ -181,9 +190,9 @@ def run(kind: str, rows: list[list[int]], sizes: list[int]) -> None:
     if enabled and threads > 1 and not _searched:
         _gomp_parallel, _searched = _find_gomp_parallel(), True
     if enabled and threads > 1 and _gomp_parallel is not None:
-        _gomp_parallel(_work.address, table.ctypes.data, threads, 0)
+        _gomp_parallel(_worker().address, table.ctypes.data, threads, 0)
     else:
-        _work.ctypes(ctypes.c_void_p(table.ctypes.data))
+        _worker().ctypes(ctypes.c_void_p(table.ctypes.data))
     for row in jobs:
         if not row[0]:
             _JOBS[kind](row)
