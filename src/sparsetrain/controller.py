@@ -768,17 +768,16 @@ class SparsityController:
 
     @staticmethod
     def _teamed(layers: list[_Layer], values: Any, also: Any = None) -> list[_Layer]:
-        """The layers whose phase runs on PyTorch's OpenMP threads: flat, large, with float32
-        CPU `values(layer)` (and `also(layer)`), when there are at least two of them."""
-        big = [
+        """The layers whose phase runs on PyTorch's OpenMP threads: the flat ones with float32
+        CPU `values(layer)` (and `also(layer)`), when at least two of them are large (the
+        small ones then fill in behind the large ones at no cost)."""
+        flat = [
             layer
             for layer in layers
-            if layer.group == 1
-            and layer.param.numel() >= openmp.MIN_UNITS
-            and openmp.usable(values(layer))
-            and (also is None or also(layer))
+            if layer.group == 1 and openmp.usable(values(layer)) and (also is None or also(layer))
         ]
-        return big if len(big) > 1 else []
+        large = sum(layer.param.numel() >= openmp.MIN_UNITS for layer in flat)
+        return flat if large > 1 else []
 
     def _drop(self, layer: _Layer, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(dropped, kept) unit indices: the k active units of smallest magnitude, the rest."""
