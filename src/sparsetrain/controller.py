@@ -53,12 +53,12 @@ from sparsetrain.errors import CheckpointError, ConfigError, choices_message
 from sparsetrain.masks import group_size, maskable_parameters, rescale_to_fan_in, unwrap
 from sparsetrain.ops import (
     CSRPattern,
-    abs_at,
     apply_index_changes,
     csr_linear,
     drop_lowest_abs,
     expand_groups,
     group_scores,
+    mean_abs_at,
     without,
 )
 from sparsetrain.schedules import (
@@ -688,25 +688,35 @@ class SparsityController:
         (`sparsetrain.openmp`), the same selections as one at a time."""
         layers = self._dynamic()
         drops = {layer.name: round(alpha * self._active_units(layer).numel()) for layer in layers}
-        dropped, kept = {}, {}
+        dropped, kept, momentum_scores = {}, {}, {}
+        redistributing = self.options.redistribution_mode == "momentum" and layers
         teamed = self._teamed(layers, lambda layer: layer.param)
         if teamed:
             jobs = [(t.param.reshape(-1), self._active_units(t), drops[t.name]) for t in teamed]
-            for t, result in zip(teamed, openmp.drop_lowest_abs_layers(jobs)):
-                dropped[t.name], kept[t.name] = result
+            # SNFS's layer score, the mean |momentum| of the active weights, in the same job
+            summed = [
+                optim_state.momentum(self.optimizer, t.param) if redistributing else None
+                for t in teamed
+            ]
+            for t, (d, k, score) in zip(teamed, openmp.drop_lowest_abs_layers(jobs, summed)):
+                dropped[t.name], kept[t.name] = d, k
+                if score is not None:
+                    momentum_scores[t.name] = score
         for layer in layers:
             if layer.name not in dropped:
                 dropped[layer.name], kept[layer.name] = self._drop(layer, drops[layer.name])
         grows = drops
-        if self.options.redistribution_mode == "momentum" and layers:
+        if redistributing:
             scores, capacity = {}, {}
             for layer in layers:
                 buffer = optim_state.momentum(self.optimizer, layer.param)
-                active = self._active_units(layer)  # group 1: redistribution needs flat masks
-                scores[layer.name] = (  # mean |momentum| of the active weights: a gather of
-                    # the cached indices, not a pass over the whole layer
-                    float(abs_at(buffer.reshape(-1), active).mean()) if buffer is not None else 0.0
-                )
+                if layer.name in momentum_scores:
+                    scores[layer.name] = momentum_scores[layer.name]
+                else:  # a gather of the cached active indices, not a pass over the layer
+                    active = self._active_units(layer)  # group 1: needs flat masks
+                    scores[layer.name] = (
+                        mean_abs_at(buffer.reshape(-1), active) if buffer is not None else 0.0
+                    )
                 capacity[layer.name] = layer.param.numel() // layer.group - kept[layer.name].numel()
             grows = redistribute(sum(drops.values()), scores, capacity)
         created = 0

@@ -93,6 +93,11 @@ def abs_at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(_abs_at(values.detach().contiguous().numpy(), index.numpy()))
 
 
+def abs_sum_at(values: torch.Tensor, index: torch.Tensor) -> float:
+    """The sum of |values[index]| (float64 accumulation), in one pass."""
+    return float(_abs_sum_at(values.detach().contiguous().numpy(), index.numpy()))
+
+
 def accept_free(
     draws: torch.Tensor, free: torch.Tensor, limit: int, exclude: bool = False
 ) -> torch.Tensor:
@@ -601,6 +606,14 @@ def _where_flag(index, flags, value):
         out[n] = index[i]
         n += flags[index[i]] == value
     return out[:n]
+
+
+@_jit(checked=True)
+def _abs_sum_at(values, index):
+    total = 0.0
+    for i in range(index.shape[0]):
+        total += abs(values[index[i]])
+    return total
 
 
 @_jit(checked=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sparsetrain import kernels
+from sparsetrain import kernels, ops
 from sparsetrain.ops import SELECTION_SAMPLE
 
 try:
@@ -85,7 +85,8 @@ if njit is not None:
 
         return cast
 
-    _f32, _u8, _i64 = _pointer(types.float32), _pointer(types.uint8), _pointer(types.int64)
+    _f32, _f64 = _pointer(types.float32), _pointer(types.float64)
+    _u8, _i64 = _pointer(types.uint8), _pointer(types.int64)
 
     @intrinsic
     def _address(typingctx, pointer):
@@ -106,12 +107,16 @@ if njit is not None:
 
     @njit(nogil=True, cache=True)
     def _drop_job(row):
-        # row: [done, values, n, index, c, k, dropped, kept, sample]
+        # row: [done, values, n, index, c, k, dropped, kept, sample, summed, sum]: `summed`
+        # (0: none) is a second array of n float32 whose |.| is summed at `index` into `sum`
         values = carray(_f32(row[1]), (row[2],))
         index = carray(_i64(row[3]), (row[4],))
         k = row[5]
         dropped = carray(_i64(row[6]), (k,))
         kept = carray(_i64(row[7]), (row[4] - k,))
+        if row[9]:
+            sums = carray(_f64(row[10]), (1,))
+            sums[0] = kernels._abs_sum_at(carray(_f32(row[9]), (row[2],)), index)
         kernels._drop_lowest_abs(values, index, k, row[8], dropped, kept)
 
     @njit(nogil=True, cache=True)
@@ -204,26 +209,44 @@ def usable(values: torch.Tensor) -> bool:
 
 
 def drop_lowest_abs_layers(
-    jobs: list[tuple[torch.Tensor, torch.Tensor, int]], sample: int = SELECTION_SAMPLE // 2
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    jobs: list[tuple[torch.Tensor, torch.Tensor, int]],
+    summed: list[torch.Tensor | None] | None = None,
+    sample: int = SELECTION_SAMPLE // 2,
+) -> list[tuple[torch.Tensor, torch.Tensor, float | None]]:
     """`ops.drop_lowest_abs` of several layers' (values, index, k), side by side: for each,
-    (dropped, kept). `values`: float32 (`usable`); `index`: int64, all on CPU."""
+    (dropped, kept, mean): `values` float32 (`usable`), `index` int64, all on CPU; `mean` is
+    `ops.mean_abs_at(summed[j], index)` for a float32 tensor `summed[j]` of the same size
+    (SNFS's momentum), else None."""
+    summed = summed or [None] * len(jobs)
     outputs, rows, keep_alive = [], [], []
-    for values, index, k in jobs:
+    sums = np.zeros(len(jobs), np.float64)
+    for j, ((values, index, k), extra) in enumerate(zip(jobs, summed)):
         values, index = values.detach().contiguous(), index.contiguous()
         k = min(max(k, 0), index.numel())
         dropped = torch.empty(k, dtype=torch.long)
         kept = torch.empty(index.numel() - k, dtype=torch.long)
-        outputs.append((dropped, kept))
+        extra_pointer = _float_pointer(extra, values.numel())
+        outputs.append((dropped, kept, extra_pointer != 0 or extra is None))
         keep_alive += [values, index]
         rows.append(
             [
                 *(0, values.data_ptr(), values.numel(), index.data_ptr(), index.numel(), k),
                 *(dropped.data_ptr(), kept.data_ptr(), sample),
+                *(extra_pointer, sums.ctypes.data + 8 * j),
             ]
         )
     run("drop", rows, [index.numel() for _, index, _ in jobs])
-    return outputs
+    results = []
+    for j, ((dropped, kept, fused), extra) in enumerate(zip(outputs, summed)):
+        index = jobs[j][1]
+        if extra is None:
+            mean = None
+        elif not fused or index.numel() == 0:  # not float32 contiguous: the one-layer path
+            mean = ops.mean_abs_at(extra.reshape(-1), index)
+        else:
+            mean = float(sums[j]) / index.numel()
+        results.append((dropped, kept, mean))
+    return results
 
 
 def _float_pointer(tensor: torch.Tensor | None, n: int) -> int:

@@ -218,6 +218,16 @@ def abs_at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return values.index_select(0, index).abs()
 
 
+def mean_abs_at(values: torch.Tensor, index: torch.Tensor) -> float:
+    """The mean of |values[index]| of a 1-D array, accumulated in float64 (NaN if `index` is
+    empty); on CPU one compiled pass, the same one `openmp.drop_lowest_abs_layers` makes."""
+    if index.numel() == 0:
+        return math.nan
+    if kernels.usable(values) and values.is_floating_point():
+        return kernels.abs_sum_at(values, index) / index.numel()
+    return float(values.index_select(0, index).abs().double().mean())
+
+
 def drop_lowest_abs(
     values: torch.Tensor, index: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

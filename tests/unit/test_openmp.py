@@ -14,7 +14,7 @@ from torch import nn
 import sparsetrain
 from sparsetrain import kernels, openmp
 from sparsetrain.algorithms.dst import grow_highest_units
-from sparsetrain.ops import apply_index_changes, drop_lowest_abs, without
+from sparsetrain.ops import apply_index_changes, drop_lowest_abs, mean_abs_at, without
 
 pytestmark = pytest.mark.skipif(kernels.numba is None, reason="numba")
 
@@ -49,10 +49,13 @@ def test_layer_jobs_equal_the_per_layer_ops(on, fraction):
     growth than candidates) give exactly what the per-layer operators give."""
     layers = _layers(int(fraction * 10))
     drops = [(w, m.nonzero().squeeze(1), round(fraction * int(m.sum()))) for w, m, _, _ in layers]
+    momenta = [torch.randn(w.numel()) for w, _, _, _ in layers]
     with team(on):
-        dropped_kept = openmp.drop_lowest_abs_layers(drops)
+        dropped_kept = openmp.drop_lowest_abs_layers(drops, momenta)
+    for (_, index, _), momentum, (*_, mean) in zip(drops, momenta, dropped_kept):
+        assert mean == mean_abs_at(momentum, index)  # SNFS's layer score, fused
     jobs, ever_before = [], []
-    for (weight, mask, ever, score), (dropped, kept) in zip(layers, dropped_kept):
+    for (weight, mask, ever, score), (dropped, kept, _) in zip(layers, dropped_kept):
         k = dropped.numel() + 5_000  # at fraction 1.0: beyond the candidates of the small one
         state, factor = torch.randn(mask.numel()), mask.float()
         jobs.append(
@@ -75,7 +78,7 @@ def test_layer_jobs_equal_the_per_layer_ops(on, fraction):
         changes = openmp.commit_layers([dict(job) for job in jobs])
     if on and sys.platform == "linux":
         assert openmp._gomp_parallel is not None, "PyTorch's OpenMP runtime not found"
-    for (w, index, k), (dropped, kept) in zip(drops, dropped_kept):
+    for (w, index, k), (dropped, kept, _) in zip(drops, dropped_kept):
         want = drop_lowest_abs(w, index, k) if 0 < k < index.numel() else (index[:k], index[k:])
         assert torch.equal(dropped, want[0]) and torch.equal(kept, want[1])
     for job, got, ever in zip(jobs, changes, ever_before):
