@@ -59,6 +59,8 @@ from sparsetrain.ops import (
     expand_groups,
     group_scores,
     mean_abs_at,
+    random_positions,
+    uniform_draws,
     without,
 )
 from sparsetrain.schedules import (
@@ -748,11 +750,12 @@ class SparsityController:
                     "reset_fresh": self.options.dense_gradients,
                     "factor": self._factor.cached(name, self.masks[name]),
                 }
-                if random:
-                    job["after"] = without(before, dropped[name])
-                    job["grown"] = self._grow(layer, job["after"], kept[name].numel(), grows[name])
-                else:
+                if not random:
                     job["scores"] = self._grow_score(layer)
+                elif 0 < job["k"] < job["n_cand"]:  # else none, or every candidate, is grown
+                    job["draws"] = uniform_draws(
+                        before.numel(), job["n_cand"], job["k"], self.generator
+                    )
                 jobs.append((layer, job))
                 continue
             after = without(before, dropped[name])  # the kept units; the grow adds its own
@@ -766,6 +769,23 @@ class SparsityController:
             )
         results = openmp.commit_layers([job for _, job in jobs])
         for (layer, job), (after, grown, gone, fresh, new_to_ever, active) in zip(jobs, results):
+            if gone is None:  # SET's draws ran short (rare): draw the rest, then as one layer
+                more = random_positions(
+                    after,
+                    job["k"] - grown.numel(),
+                    self.generator,
+                    in_place=True,
+                    exclude=True,
+                    n_candidates=job["n_cand"] - grown.numel(),
+                )
+                grown = torch.cat([grown, more]).sort().values
+                gone, fresh, new_to_ever = apply_index_changes(
+                    job["before"], after, job["dropped"], grown, job["ever"]
+                )
+                created += self._commit_layer(
+                    layer, job["dropped"], job["kept"], grown, after, gone, fresh, new_to_ever
+                )
+                continue
             job["ever"].index_fill_(0, new_to_ever, True)
             torch.autograd.graph.increment_version(layer.param)  # written in place by the job
             created += self._commit_layer(

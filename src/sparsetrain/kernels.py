@@ -488,6 +488,8 @@ def _drop_lowest_abs(vals, index, k, sample, dropped, kept):
 @_jit
 def _grow_and_commit(
     vals,
+    draws,
+    given,
     before,
     after,
     dropped,
@@ -505,19 +507,33 @@ def _grow_and_commit(
     out,
     counts,
 ):
-    """A layer's whole grow and commit in the index form: `after` = `before` without
-    `dropped`; unless `grown` is given (non-empty, or k = 0), the k best units by |vals|
-    not in it (all n_cand of them if fewer) are grown; then `_commit_units`."""
-    if grown.shape[0] == 0 and k > 0:
+    """A layer's whole grow and commit in the index form. Unless `grown` is `given` (with
+    `after`: `before` without `dropped`, the grown set), `after` = `before` without
+    `dropped`, and k of the n_cand units not in it are grown (all if fewer): the first k
+    `draws` that hit one (SET's uniform draws; too few: `out` gets those, `counts[6]` = 0,
+    nothing is committed), or else the k best by |vals|. Then `_commit_units`, and
+    `counts[6]` = 1."""
+    if not given:
         _copy(before, after)
         for d in dropped:
             after[d] = 0
-        if k >= n_cand:
+        if k <= 0:
+            grown = np.empty(0, np.int64)
+        elif k >= n_cand:
             grown = np.flatnonzero(after == 0)
+        elif draws.shape[0]:
+            accepted = _accept_free(draws, after, k, np.uint8(1))
+            if accepted.shape[0] < k:
+                _copy(accepted, out)
+                counts[0] = accepted.shape[0]
+                counts[6] = 0
+                return
+            grown = _sort_indices(accepted, before.shape[0])
         else:
             grown = _best_positions(
                 vals, after, np.uint8(1), _no_index, k, n_cand, True, True, sample
             )
+    counts[6] = 1
     _commit_units(
         before,
         after,

@@ -123,10 +123,12 @@ if njit is not None:
     def _commit_job(row):
         # row: done, scores, n, before, after, dropped, n_dropped, k, n_cand, sample,
         # n_grown_given, grown, n_kept, kept, ever, weight, state0, state1, reset_fresh,
-        # factor, out, out size, counts (a pointer 0: absent)
+        # factor, out, out size, counts, given, n_draws, draws (a pointer 0: absent)
         n, n_dropped, n_grown, n_kept = row[2], row[6], row[10], row[12]
         kernels._grow_and_commit(
             carray(_f32(row[1]), (n if row[1] else 0,)),
+            carray(_i64(row[25]), (row[24],)),
+            row[23] != 0,
             carray(_u8(row[3]), (n,)),
             carray(_u8(row[4]), (n,)),
             carray(_i64(row[5]), (n_dropped,)),
@@ -142,7 +144,7 @@ if njit is not None:
             row[18] != 0,
             carray(_f32(row[19]), (n if row[19] else 0,)),
             carray(_i64(row[20]), (row[21],)),
-            carray(_i64(row[22]), (6,)),
+            carray(_i64(row[22]), (7,)),
         )
 
     def _work(data):
@@ -261,48 +263,57 @@ def _float_pointer(tensor: torch.Tensor | None, n: int) -> int:
     return tensor.data_ptr() if usable_here else 0
 
 
-def commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor, ...]]:
-    """The grows (by |scores|, unless `grown` is given) and commits of several layers, side
-    by side. A job has `before` (the 1-D bool unit mask), `dropped`, `kept`, `k`, `n_cand`,
-    `ever`, `weight`, `states`, `reset_fresh` and `factor` (see `kernels._commit_units`),
-    and either `scores` (float32) or `grown` with `after` (`ops.without(before, dropped)`
-    with the grown set). For each, (after, grown, gone, fresh, first_time, active), as
+def commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor | None, ...]]:
+    """The grows and commits of several layers, side by side. A job has `before` (the 1-D
+    bool unit mask), `dropped`, `kept`, `k`, `n_cand`, `ever`, `weight`, `states`,
+    `reset_fresh` and `factor` (see `kernels._commit_units`), and how to grow: `scores`
+    (float32: the k best by |score|), `draws` (SET: the first k of these uniform draws that
+    hit a free unit), or `grown` with `after` (`ops.without(before, dropped)`, the grown
+    set). For each, (after, grown, gone, fresh, first_time, active), as
     `dst.grow_highest_units` (absolute), `ops.apply_index_changes` and the controller's
     writes; `ever` is not updated (the caller marks first_time in it). Weights, states and
     the float mask must be float32 and contiguous (`usable`), else the caller writes them:
-    `written` in each job tells which were."""
+    `written` in each job tells which were. If the draws ran short (rare), nothing is
+    committed and the result is (after with the accepted set, the accepted draws, None...)."""
     outputs, rows, keep_alive = [], [], []
+    none = torch.empty(0, dtype=torch.long)
     for job in jobs:
         before, dropped, kept = job["before"], job["dropped"], job["kept"]
         n = before.numel()
-        grown = job.get("grown")
-        scores = None if grown is not None else job["scores"].detach().reshape(-1).contiguous()
-        n_grown = grown.numel() if grown is not None else min(max(job["k"], 0), job["n_cand"])
-        after = job.get("after") if grown is not None else torch.empty_like(before)
-        given = grown if grown is not None else torch.empty(0, dtype=torch.long)
+        given = job.get("grown")
+        scores = job.get("scores")
+        scores = none if scores is None else scores.detach().reshape(-1).contiguous()
+        draws = job.get("draws", none)
+        n_grown = given.numel() if given is not None else min(max(job["k"], 0), job["n_cand"])
+        after = job["after"] if given is not None else torch.empty_like(before)
         states = [*job["states"], None, None][:2]
         pointers = [_float_pointer(t, n) for t in (job["weight"], *states, job["factor"])]
         job["written"] = [p != 0 for p in pointers]
         if not pointers[0]:
             raise ValueError("commit_layers needs float32 contiguous weights")
         out = torch.empty(4 * n_grown + dropped.numel() + kept.numel(), dtype=torch.long)
-        counts = torch.zeros(6, dtype=torch.long)
+        counts = torch.zeros(7, dtype=torch.long)
+        grown = none if given is None else given
         outputs.append((after, out, counts))
-        keep_alive += [scores, given, kept, dropped]
+        keep_alive += [scores, grown, kept, dropped, draws]
         rows.append(
             [
-                *(0, 0 if scores is None else scores.data_ptr(), n, before.data_ptr()),
+                *(0, scores.data_ptr() if scores.numel() else 0, n, before.data_ptr()),
                 *(after.data_ptr(), dropped.data_ptr(), dropped.numel(), job["k"], job["n_cand"]),
-                *(SELECTION_SAMPLE, given.numel(), given.data_ptr(), kept.numel()),
+                *(SELECTION_SAMPLE, grown.numel(), grown.data_ptr(), kept.numel()),
                 *(kept.data_ptr(), job["ever"].data_ptr(), pointers[0], pointers[1], pointers[2]),
                 *(int(job["reset_fresh"]), pointers[3], out.data_ptr(), out.numel()),
-                counts.data_ptr(),
+                *(counts.data_ptr(), int(given is not None), draws.numel(), draws.data_ptr()),
             ]
         )
     run("commit", rows, [job["before"].numel() for job in jobs])
     results = []
     for after, out, counts in outputs:
         sizes = counts.tolist()
+        if not sizes[6]:  # the draws ran short
+            results.append((after, out[: sizes[0]], None, None, None, None))
+            continue
+        sizes = sizes[:6]
         parts = out.split([*sizes, out.numel() - sum(sizes)])
         active = out.narrow(0, sum(sizes[:4]), sizes[4] + sizes[5])
         results.append((after, *parts[:4], active))

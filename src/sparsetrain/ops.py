@@ -349,6 +349,14 @@ def select_random(
     return chosen.view_as(candidates)
 
 
+def uniform_draws(
+    n: int, n_free: int, wanted: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One round of `random_positions`' draws: uniform indices in [0, n), enough for about
+    1.2 times the `wanted` hits among `n_free` free entries."""
+    return torch.randint(n, (math.ceil(1.2 * wanted * n / n_free) + 16,), generator=generator)
+
+
 def random_positions(
     candidates: torch.Tensor,
     k: int,
@@ -380,9 +388,7 @@ def random_positions(
     remaining = max(k, 0)
     while remaining:
         # each draw hits a still-free candidate with probability (n_cand - taken) / n
-        n_free = n_cand - (k - remaining)
-        draws = math.ceil(1.2 * remaining * n / n_free) + 16
-        idx = torch.randint(n, (draws,), generator=generator).to(cand.device)
+        idx = uniform_draws(n, n_cand - (k - remaining), remaining, generator).to(cand.device)
         if use_kernel:  # accept free candidates in draw order, in one pass
             picks.append(kernels.accept_free(idx, free, remaining, exclude))
             remaining -= picks[-1].numel()

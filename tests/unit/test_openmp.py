@@ -161,3 +161,40 @@ def test_controller_with_layer_jobs_equals_one_layer_at_a_time(method, monkeypat
             state, ref_state = opt.state[p], ref_opt.state[q]
             assert torch.equal(state["momentum_buffer"], ref_state["momentum_buffer"])
         assert ctl.update_log == ref_ctl.update_log
+
+
+def test_set_draws_that_run_short_are_finished_on_the_callers_thread(monkeypatch):
+    """SET's team job takes the first k uniform draws that hit a free unit; when too few do
+    (forced here), the caller draws the rest and commits that layer itself: budgets stay
+    exact and new weights start at zero."""
+    from sparsetrain import controller, ops
+
+    monkeypatch.setattr(controller, "uniform_draws", lambda *args: ops.uniform_draws(*args)[:50])
+    finished = []
+    monkeypatch.setattr(
+        controller,
+        "random_positions",
+        lambda *args, **kw: finished.append(1) or ops.random_positions(*args, **kw),
+    )
+    torch.manual_seed(0)
+    net = TwoBig()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    ctl = sparsetrain.sparsify(
+        net, opt, "SET", density=0.1, init="ERK", total_steps=30, steps_per_epoch=3
+    )
+    budgets = {name: int(mask.sum()) for name, mask in ctl.masks.items()}
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 256, generator=g), torch.randint(0, 10, (32,), generator=g)
+    with team(True):
+        for step in range(9):
+            before = {name: mask.clone() for name, mask in ctl.masks.items()}
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+            if step % 3 == 2:
+                ctl.end_epoch()
+                params = dict(net.named_parameters())
+                for name, mask in ctl.masks.items():
+                    assert int(mask.sum()) == budgets[name]
+                    assert not params[name][mask & ~before[name]].any()
+    assert len(ctl.update_log) == 3 and len(finished) == 6  # 2 large layers, 3 updates
