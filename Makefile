@@ -24,6 +24,8 @@ install:
 	else echo "note: not root or no apt-get: skipping the dataset-fashion-mnist Debian package"; fi
 	$(PIP) install $(TORCH)
 	$(PIP) install -e ".[$(EXTRAS)]"
+	@echo "compiling the CPU mask-update kernels into numba's cache (once, ~30 s)"
+	$(PYTHON) -c "from sparsetrain.openmp import warm_up; warm_up()"
 
 ## test: the test suite without slow-marked checks (a few minutes on 2 cores; CI runs this)
 test:

@@ -506,7 +506,10 @@ def _trainer_epoch(masking: str, threads: int, run_dir: Path) -> float:
 
 _FIRST_UPDATE = """
 import time, torch, torch.nn.functional as F, sparsetrain
-net = torch.nn.Sequential(torch.nn.Linear(300, 300), torch.nn.ReLU(), torch.nn.Linear(300, 10))
+net = torch.nn.Sequential(  # two layers large enough for the team (sparsetrain.openmp)
+    torch.nn.Linear(300, 300), torch.nn.ReLU(), torch.nn.Linear(300, 300), torch.nn.ReLU(),
+    torch.nn.Linear(300, 10),
+)
 opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 sparsetrain.sparsify(net, opt, "RigL", density=0.1, total_steps=10**9, interval=1)
 seconds = []

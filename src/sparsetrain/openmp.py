@@ -318,3 +318,42 @@ def commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor | None, ...]]:
         active = out.narrow(0, sum(sizes[:4]), sizes[4] + sizes[5])
         results.append((after, *parts[:4], active))
     return results
+
+
+def warm_up() -> None:
+    """Compile the CPU kernels and the team's worker into numba's disk cache (or load them
+    from it), so that the first mask update of a run does not pay for it (~20-30 s once per
+    machine); `make install` runs it. float32 signatures only: others compile on first use."""
+    if njit is None or not kernels.enabled:
+        return
+    g = torch.Generator().manual_seed(0)
+    n = 4 * MIN_UNITS
+    mask = torch.rand(n, generator=g) < 0.2
+    weight, scores = torch.randn(n, generator=g), torch.randn(n, generator=g)
+    active = mask.nonzero().squeeze(1)
+    for values, index, k in [(weight, active, active.numel() // 3)] * 2:
+        ops.drop_lowest_abs(values, index, k)
+    (dropped, kept, _), _ = drop_lowest_abs_layers(
+        [(weight, active, active.numel() // 3)] * 2, [scores, None]
+    )
+    job = {
+        "before": mask,
+        "dropped": dropped,
+        "kept": kept,
+        "k": dropped.numel(),
+        "n_cand": n - kept.numel(),
+        "ever": mask.clone(),
+        "weight": weight.clone(),
+        "states": [scores.clone()],
+        "reset_fresh": False,
+        "factor": mask.float(),
+    }
+    draws = ops.uniform_draws(n, n - kept.numel(), dropped.numel(), g)
+    commit_layers([{**job, "scores": scores}, {**job, "draws": draws}])
+    after = ops.without(mask, dropped)
+    grown = ops.random_positions(after, dropped.numel(), g, in_place=True, exclude=True)
+    commit_layers([{**job, "grown": grown, "after": after}])
+    ops.apply_index_changes(mask, ops.without(mask, dropped), dropped, grown, mask.clone())
+    ops.best_positions(scores, 10, largest=True, candidates=mask, absolute=True)
+    ops.best_positions(scores, 10, largest=True, candidates=mask, exclude=True, absolute=True)
+    ops.mean_abs_at(scores, active)

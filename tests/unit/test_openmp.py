@@ -198,3 +198,10 @@ def test_set_draws_that_run_short_are_finished_on_the_callers_thread(monkeypatch
                     assert int(mask.sum()) == budgets[name]
                     assert not params[name][mask & ~before[name]].any()
     assert len(ctl.update_log) == 3 and len(finished) == 6  # 2 large layers, 3 updates
+
+
+def test_warm_up_compiles_every_job_kind():
+    """`make install` runs it: it must exercise the team's drop, score, draw and given
+    commits without error (fast here: numba's cache already holds them)."""
+    openmp.warm_up()
+    assert openmp._compiled is not None
