@@ -38,7 +38,8 @@ except ImportError:  # pragma: no cover - numba is a dependency
 #: whether `run` may use PyTorch's OpenMP threads (tests flip it to check both paths)
 enabled = os.environ.get("SPARSETRAIN_OPENMP", "1") != "0"
 
-#: layers below this many weights are not worth a job (one updates in microseconds)
+#: the team runs when at least two layers have this many weights (below, a layer updates in
+#: microseconds and the smaller layers just fill in behind the large ones)
 MIN_UNITS = 1 << 16
 #: the header of a job table: [next job (the shared counter), number of jobs, row width,
 #: kind (0: drop, 1: commit)]

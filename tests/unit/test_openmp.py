@@ -122,10 +122,14 @@ class TwoBig(nn.Module):
         return self.c(F.relu(self.b(F.relu(self.a(x)))))
 
 
-@pytest.mark.parametrize("method", ["RigL", "SNFS", "SET"])
-def test_controller_with_layer_jobs_equals_one_layer_at_a_time(method, monkeypatch):
+@pytest.mark.parametrize(
+    ("method", "optimizer"),
+    [("RigL", "sgd"), ("SNFS", "sgd"), ("SET", "sgd"), ("RigL", "adam"), ("SET", "amsgrad")],
+)
+def test_controller_with_layer_jobs_equals_one_layer_at_a_time(method, optimizer, monkeypatch):
     """Training with the layer jobs (team or serial worker) and with the per-layer path
-    gives identical masks, weights and optimizer state."""
+    gives identical masks, weights and optimizer state (Adam's two states are written by
+    the job, AMSGrad's third by the controller)."""
     torch.manual_seed(0)
     base = TwoBig()
     g = torch.Generator().manual_seed(1)
@@ -134,12 +138,18 @@ def test_controller_with_layer_jobs_equals_one_layer_at_a_time(method, monkeypat
 
     def train(mode: str):
         net = copy.deepcopy(base)
-        opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        if optimizer == "sgd":
+            opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        else:
+            opt = torch.optim.Adam(net.parameters(), lr=1e-3, amsgrad=optimizer == "amsgrad")
         kw = {"interval": 3} if method == "RigL" else {"steps_per_epoch": 3}
         ctl = sparsetrain.sparsify(net, opt, method, density=0.1, init="ERK", total_steps=30, **kw)
+        calls = []
         with monkeypatch.context() as m, team(mode == "team"):
             if mode == "per-layer":
                 m.setattr(openmp, "MIN_UNITS", 10**12)
+            commit = openmp.commit_layers
+            m.setattr(openmp, "commit_layers", lambda jobs: calls.append(len(jobs)) or commit(jobs))
             for step in range(12):
                 x, y = batches[0]
                 opt.zero_grad()
@@ -147,6 +157,7 @@ def test_controller_with_layer_jobs_equals_one_layer_at_a_time(method, monkeypat
                 opt.step()
                 if method != "RigL" and step % 3 == 2:
                     ctl.end_epoch()
+        assert any(calls) == (mode != "per-layer")
         return net, opt, ctl
 
     results = {mode: train(mode) for mode in ("team", "serial", "per-layer")}
@@ -159,7 +170,8 @@ def test_controller_with_layer_jobs_equals_one_layer_at_a_time(method, monkeypat
         for p, q in zip(net.parameters(), ref_net.parameters()):
             assert torch.equal(p, q)
             state, ref_state = opt.state[p], ref_opt.state[q]
-            assert torch.equal(state["momentum_buffer"], ref_state["momentum_buffer"])
+            for key, value in ref_state.items():
+                assert torch.equal(state[key], value), key
         assert ctl.update_log == ref_ctl.update_log
 
 
