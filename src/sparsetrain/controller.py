@@ -686,27 +686,12 @@ class SparsityController:
         Works on unit indices (`algorithms.dst` index form): the drop looks at the active
         units only, the grow makes one pass over the layer's scores. Layers are independent
         apart from SNFS's redistribution, settled between the drop and the grow phase; on CPU
-        the large flat layers of each phase run side by side on PyTorch's OpenMP threads
+        the flat layers of each phase run side by side on PyTorch's OpenMP threads
         (`sparsetrain.openmp`), the same selections as one at a time."""
         layers = self._dynamic()
         drops = {layer.name: round(alpha * self._active_units(layer).numel()) for layer in layers}
-        dropped, kept, momentum_scores = {}, {}, {}
-        redistributing = self.options.redistribution_mode == "momentum" and layers
-        teamed = self._teamed(layers, lambda layer: layer.param)
-        if teamed:
-            jobs = [(t.param.reshape(-1), self._active_units(t), drops[t.name]) for t in teamed]
-            # SNFS's layer score, the mean |momentum| of the active weights, in the same job
-            summed = [
-                optim_state.momentum(self.optimizer, t.param) if redistributing else None
-                for t in teamed
-            ]
-            for t, (d, k, score) in zip(teamed, openmp.drop_lowest_abs_layers(jobs, summed)):
-                dropped[t.name], kept[t.name] = d, k
-                if score is not None:
-                    momentum_scores[t.name] = score
-        for layer in layers:
-            if layer.name not in dropped:
-                dropped[layer.name], kept[layer.name] = self._drop(layer, drops[layer.name])
+        redistributing = self.options.redistribution_mode == "momentum" and bool(layers)
+        dropped, kept, momentum_scores = self._drop_all(layers, drops, redistributing)
         grows = drops
         if redistributing:
             scores, capacity = {}, {}
@@ -721,7 +706,35 @@ class SparsityController:
                     )
                 capacity[layer.name] = layer.param.numel() // layer.group - kept[layer.name].numel()
             grows = redistribute(sum(drops.values()), scores, capacity)
-        created = 0
+        return self._grow_and_commit_all(layers, dropped, kept, grows)
+
+    def _drop_all(
+        self, layers: list[_Layer], drops: dict[str, int], redistributing: bool
+    ) -> tuple[dict, dict, dict]:
+        """(dropped, kept, SNFS's mean |momentum| of the active weights where the team
+        computed it) per layer name."""
+        dropped, kept, momentum_scores = {}, {}, {}
+        teamed = self._teamed(layers, lambda layer: layer.param)
+        if teamed:
+            jobs = [(t.param.reshape(-1), self._active_units(t), drops[t.name]) for t in teamed]
+            summed = [
+                optim_state.momentum(self.optimizer, t.param) if redistributing else None
+                for t in teamed
+            ]
+            for t, (d, k, score) in zip(teamed, openmp.drop_lowest_abs_layers(jobs, summed)):
+                dropped[t.name], kept[t.name] = d, k
+                if score is not None:
+                    momentum_scores[t.name] = score
+        for layer in layers:
+            if layer.name not in dropped:
+                dropped[layer.name], kept[layer.name] = self._drop(layer, drops[layer.name])
+        return dropped, kept, momentum_scores
+
+    def _grow_and_commit_all(
+        self, layers: list[_Layer], dropped: dict, kept: dict, grows: dict[str, int]
+    ) -> int:
+        """Grow and commit every layer (the teamed ones as jobs, after the others); returns
+        the number of new connections."""
         random = self.options.growth_mode == "random"
         teamed = self._teamed(
             layers,
@@ -733,43 +746,21 @@ class SparsityController:
                 and (random or openmp.usable(self._grow_score(layer)))
             ),
         )
-        jobs = []
+        created, jobs = 0, []
         for layer in layers:  # in layer order: random grows draw from the one generator
             name = layer.name
-            before = self.masks[name].reshape(-1, layer.group)[:, 0]
-            if layer in teamed:  # committed below, side by side with the other large layers
-                job = {
-                    "before": self.masks[name].reshape(-1),
-                    "dropped": dropped[name],
-                    "kept": kept[name],
-                    "k": grows[name],
-                    "n_cand": before.numel() - kept[name].numel(),
-                    "ever": self.ever_active[name].reshape(-1),
-                    "weight": layer.param.detach().reshape(-1),
-                    "states": optim_state.state_tensors(self.optimizer, layer.param),
-                    "reset_fresh": self.options.dense_gradients,
-                    "factor": self._factor.cached(name, self.masks[name]),
-                }
-                if not random:
-                    job["scores"] = self._grow_score(layer)
-                elif 0 < job["k"] < job["n_cand"]:  # else none, or every candidate, is grown
-                    job["draws"] = uniform_draws(
-                        before.numel(), job["n_cand"], job["k"], self.generator
-                    )
-                jobs.append((layer, job))
+            if layer in teamed:  # committed below, side by side with the other teamed layers
+                jobs.append(
+                    (layer, self._commit_job(layer, dropped[name], kept[name], grows[name]))
+                )
                 continue
+            before = self.masks[name].reshape(-1, layer.group)[:, 0]
             after = without(before, dropped[name])  # the kept units; the grow adds its own
             grown = self._grow(layer, after, kept[name].numel(), grows[name])
-            ever = _units_view(self.ever_active[name], layer.group)
-            gone, fresh, new_to_ever = apply_index_changes(
-                before, after, dropped[name], grown, ever
-            )
-            created += self._commit_layer(
-                layer, dropped[name], kept[name], grown, after, gone, fresh, new_to_ever
-            )
+            created += self._commit_changes(layer, before, after, dropped[name], kept[name], grown)
         results = openmp.commit_layers([job for _, job in jobs])
         for (layer, job), (after, grown, gone, fresh, new_to_ever, active) in zip(jobs, results):
-            if gone is None:  # SET's draws ran short (rare): draw the rest, then as one layer
+            if gone is None:  # SET's draws ran short (rare): draw the rest, commit as one layer
                 more = random_positions(
                     after,
                     job["k"] - grown.numel(),
@@ -779,22 +770,54 @@ class SparsityController:
                     n_candidates=job["n_cand"] - grown.numel(),
                 )
                 grown = torch.cat([grown, more]).sort().values
-                gone, fresh, new_to_ever = apply_index_changes(
-                    job["before"], after, job["dropped"], grown, job["ever"]
-                )
-                created += self._commit_layer(
-                    layer, job["dropped"], job["kept"], grown, after, gone, fresh, new_to_ever
+                created += self._commit_changes(
+                    layer, job["before"], after, job["dropped"], job["kept"], grown
                 )
                 continue
             job["ever"].index_fill_(0, new_to_ever, True)
             torch.autograd.graph.increment_version(layer.param)  # written in place by the job
             created += self._commit_layer(
                 layer,
-                *(dropped[layer.name], kept[layer.name], grown, after, gone, fresh, new_to_ever),
+                *(job["dropped"], job["kept"], grown, after, gone, fresh, new_to_ever),
                 written=job["written"],
                 active=active,
             )
         return created
+
+    def _commit_job(self, layer: _Layer, dropped: torch.Tensor, kept: torch.Tensor, k: int) -> dict:
+        """A flat layer's grow and commit as a job for `openmp.commit_layers`."""
+        name, before = layer.name, self.masks[layer.name].reshape(-1)
+        job = {
+            "before": before,
+            "dropped": dropped,
+            "kept": kept,
+            "k": k,
+            "n_cand": before.numel() - kept.numel(),
+            "ever": self.ever_active[name].reshape(-1),
+            "weight": layer.param.detach().reshape(-1),
+            "states": optim_state.state_tensors(self.optimizer, layer.param),
+            "reset_fresh": self.options.dense_gradients,
+            "factor": self._factor.cached(name, self.masks[name]),
+        }
+        if self.options.growth_mode != "random":
+            job["scores"] = self._grow_score(layer)
+        elif 0 < k < job["n_cand"]:  # else none, or every candidate, is grown
+            job["draws"] = uniform_draws(before.numel(), job["n_cand"], k, self.generator)
+        return job
+
+    def _commit_changes(
+        self,
+        layer: _Layer,
+        before: torch.Tensor,
+        after: torch.Tensor,
+        dropped: torch.Tensor,
+        kept: torch.Tensor,
+        grown: torch.Tensor,
+    ) -> int:
+        """`ops.apply_index_changes`, then `_commit_layer` (the one-layer path)."""
+        ever = _units_view(self.ever_active[layer.name], layer.group)
+        gone, fresh, new_to_ever = apply_index_changes(before, after, dropped, grown, ever)
+        return self._commit_layer(layer, dropped, kept, grown, after, gone, fresh, new_to_ever)
 
     @staticmethod
     def _teamed(layers: list[_Layer], values: Any, also: Any = None) -> list[_Layer]:
