@@ -497,17 +497,11 @@ def _grow_and_commit(
     n_cand,
     sample,
     grown,
-    kept,
-    ever,
-    weight,
-    state0,
-    state1,
-    reset_fresh,
-    factor,
+    targets,
     out,
     counts,
 ):
-    """A layer's whole grow and commit in the index form. Unless `grown` is `given` (with
+    """A layer's whole grow and commit in the index form (`targets`: see `_commit_units`). Unless `grown` is `given` (with
     `after`: `before` without `dropped`, the grown set), `after` = `before` without
     `dropped`, and k of the n_cand units not in it are grown (all if fewer): the first k
     `draws` that hit one (SET's uniform draws; too few: `out` gets those, `counts[6]` = 0,
@@ -534,50 +528,20 @@ def _grow_and_commit(
                 vals, after, np.uint8(1), _no_index, k, n_cand, True, True, sample
             )
     counts[6] = 1
-    _commit_units(
-        before,
-        after,
-        dropped,
-        grown,
-        kept,
-        ever,
-        weight,
-        state0,
-        state1,
-        reset_fresh,
-        factor,
-        out,
-        counts,
-    )
+    _commit_units(before, after, dropped, grown, targets, out, counts)
 
 
 @_jit
-def _commit_units(
-    before,
-    after,
-    dropped,
-    grown,
-    kept,
-    ever,
-    weight,
-    state0,
-    state1,
-    reset_fresh,
-    factor,
-    out,
-    counts,
-):
+def _commit_units(before, after, dropped, grown, targets, out, counts):
     """Commit a drop-and-grow (`ops.apply_index_changes` and the controller's writes): set
-    `grown` in `after` (`before` without `dropped`); zero the weights gone, the optimizer
-    state (`state0`, `state1`: empty if absent) at the gone units, or at the fresh ones with
-    `reset_fresh`; patch the float mask `factor` (empty if none). `out` receives grown, gone,
-    fresh, first-time (`ever` is only read) and the new active units (`kept`, then
-    `grown`), one after the other, their numbers in `counts`."""
-    for g in grown:
-        after[g] = 1
-    gone = _where_flag(dropped, after, 0)
-    fresh = _where_flag(grown, before, 0)
-    first_time = _where_flag(fresh, ever, 0)
+    `grown` in `after` (`before` without `dropped`). `targets` = (kept, ever, weight, state0,
+    state1, reset_fresh, factor): zero the weights gone, the optimizer state (`state0`,
+    `state1`: empty if absent) at the gone units, or at the fresh ones with `reset_fresh`;
+    patch the float mask `factor` (empty if none). `out` receives grown, gone, fresh,
+    first-time (`ever` is only read) and the new active units (`kept`, then `grown`), one
+    after the other, their numbers in `counts`."""
+    kept, ever, weight, state0, state1, reset_fresh, factor = targets
+    gone, fresh, first_time = _index_changes(before, after, dropped, grown, ever)
     for i in gone:
         weight[i] = 0
     reset = fresh if reset_fresh else gone
@@ -676,12 +640,19 @@ def _sort_indices(a, end):
 
 
 @_jit(checked=True)
-def _apply_index_changes(before, after, dropped, grown, ever):
+def _index_changes(before, after, dropped, grown, ever):
+    """Set `grown` in `after`; (the dropped not regrown, the grown that were inactive in
+    `before`, those of them not in `ever`)."""
     for g in grown:
         after[g] = 1
     gone = _where_flag(dropped, after, 0)
     fresh = _where_flag(grown, before, 0)
-    first_time = _where_flag(fresh, ever, 0)
+    return gone, fresh, _where_flag(fresh, ever, 0)
+
+
+@_jit(checked=True)
+def _apply_index_changes(before, after, dropped, grown, ever):
+    gone, fresh, first_time = _index_changes(before, after, dropped, grown, ever)
     for f in first_time:
         ever[f] = 1
     return gone, fresh, first_time
