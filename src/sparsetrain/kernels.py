@@ -11,7 +11,11 @@ visited, and a partition of those few finds the exact k-th.
 The drop has its own fused call (`drop_lowest_abs`): the magnitudes are gathered at the active
 indices, the k-th smallest is bracketed from a sample of those, and the same pass that counts
 the magnitudes below the bracket collects the few inside it, so one quickselect over those and a
-split finish the drop (about 10 % faster than gather, selection and split as separate calls).
+split finish the drop (about 10 % faster than gather, selection and split as separate calls);
+its collecting and splitting passes visit set bits the same way.
+
+`_drop_lowest_abs` and `_grow_and_commit` are also the jobs `sparsetrain.openmp` runs for
+several layers side by side, on PyTorch's own OpenMP threads.
 
 Used for CPU tensors when numba is installed (a dependency); CUDA tensors, and environments
 without numba or with `SPARSETRAIN_NUMBA=0`, use the PyTorch path. Both are tested to give
