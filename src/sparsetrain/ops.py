@@ -235,9 +235,8 @@ def drop_lowest_abs(
     smallest magnitude, and the rest, both in `index`'s order. Ties go to the lower index and
     NaN ranks as the largest magnitude (as `best_positions` on the gathered |values|)."""
     if 0 < k < index.numel() and kernels.usable(values) and values.is_floating_point():
-        return kernels.drop_lowest_abs(
-            values, index, k, SELECTION_SAMPLE // 2
-        )  # gather+select+split
+        # gather, select and split in one compiled call
+        return kernels.drop_lowest_abs(values, index, k, SELECTION_SAMPLE // 2)
     positions = best_positions(abs_at(values, index), k, largest=False, index=index)
     return split_positions(index, positions)
 
