@@ -232,7 +232,7 @@ def drop_lowest_abs_layers(
         kept = torch.empty(index.numel() - k, dtype=torch.long)
         extra_pointer = _float_pointer(extra, values.numel())
         outputs.append((dropped, kept, extra_pointer != 0 or extra is None))
-        keep_alive += [values, index]
+        keep_alive += [values, index]  # the tensors behind the row's pointers, until run
         rows.append(
             [
                 *(0, values.data_ptr(), values.numel(), index.data_ptr(), index.numel(), k),
@@ -298,7 +298,7 @@ def commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor | None, ...]]:
         counts = torch.zeros(7, dtype=torch.long)
         grown = none if given is None else given
         outputs.append((after, out, counts))
-        keep_alive += [scores, grown, kept, dropped, draws]
+        keep_alive += [scores, grown, kept, dropped, draws]  # (as above)
         rows.append(
             [
                 *(0, scores.data_ptr() if scores.numel() else 0, n, before.data_ptr()),
