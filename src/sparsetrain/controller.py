@@ -774,7 +774,6 @@ class SparsityController:
                     layer, job["before"], after, job["dropped"], job["kept"], grown
                 )
                 continue
-            job["ever"].index_fill_(0, new_to_ever, True)
             torch.autograd.graph.increment_version(layer.param)  # written in place by the job
             created += self._commit_layer(
                 layer,

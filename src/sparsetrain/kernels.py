@@ -508,9 +508,9 @@ def _grow_and_commit(
     """A layer's whole grow and commit in the index form (`targets`: see `_commit_units`). Unless `grown` is `given` (with
     `after`: `before` without `dropped`, the grown set), `after` = `before` without
     `dropped`, and k of the n_cand units not in it are grown (all if fewer): the first k
-    `draws` that hit one (SET's uniform draws; too few: `out` gets those, `counts[6]` = 0,
+    `draws` that hit one (SET's uniform draws; too few: `out` gets those, `counts[4]` = 0,
     nothing is committed), or else the k best by |vals|. Then `_commit_units`, and
-    `counts[6]` = 1."""
+    `counts[4]` = 1."""
     if not given:
         _copy(before, after)
         for d in dropped:
@@ -524,28 +524,41 @@ def _grow_and_commit(
             if accepted.shape[0] < k:
                 _copy(accepted, out)
                 counts[0] = accepted.shape[0]
-                counts[6] = 0
+                counts[4] = 0
                 return
             grown = _sort_indices(accepted, before.shape[0])
         else:
             grown = _best_positions(
                 vals, after, np.uint8(1), _no_index, k, n_cand, True, True, sample
             )
-    counts[6] = 1
+    counts[4] = 1
     _commit_units(before, after, dropped, grown, targets, out, counts)
 
 
 @_jit
 def _commit_units(before, after, dropped, grown, targets, out, counts):
     """Commit a drop-and-grow (`ops.apply_index_changes` and the controller's writes): set
-    `grown` in `after` (`before` without `dropped`). `targets` = (kept, ever, weight, state0,
-    state1, reset_fresh, factor): zero the weights gone, the optimizer state (`state0`,
-    `state1`: empty if absent) at the gone units, or at the fresh ones with `reset_fresh`;
-    patch the float mask `factor` (empty if none). `out` receives grown, gone, fresh,
-    first-time (`ever` is only read) and the new active units (`kept`, then `grown`), one
-    after the other, their numbers in `counts`."""
+    `grown` in `after` (`before` without `dropped`) and the first-time units in `ever`.
+    `targets` = (kept, ever, weight, state0, state1, reset_fresh, factor): zero the weights
+    gone, the optimizer state (`state0`, `state1`: empty if absent) at the gone units, or at
+    the fresh ones with `reset_fresh`; patch the float mask `factor` (empty if none). The
+    lists are written straight into `out` (no copies): the new active units (`kept`, then
+    `grown`) from 0, then gone, fresh and first-time from `_segments`; their numbers (grown,
+    gone, fresh, first-time) in `counts`."""
     kept, ever, weight, state0, state1, reset_fresh, factor = targets
-    gone, fresh, first_time = _index_changes(before, after, dropped, grown, ever)
+    n_kept, n_grown = kept.shape[0], grown.shape[0]
+    at_gone, at_fresh, at_first = _segments(n_kept, dropped.shape[0], n_grown)
+    for g in grown:
+        after[g] = 1
+    _copy(kept, out)
+    _copy(grown, out, n_kept)
+    n_gone = _where_flag_into(dropped, after, 0, out, at_gone)
+    n_fresh = _where_flag_into(grown, before, 0, out, at_fresh)
+    fresh = out[at_fresh : at_fresh + n_fresh]
+    n_first = _where_flag_into(fresh, ever, 0, out, at_first)
+    for i in out[at_first : at_first + n_first]:
+        ever[i] = 1
+    gone = out[at_gone : at_gone + n_gone]
     for i in gone:
         weight[i] = 0
     reset = fresh if reset_fresh else gone
@@ -558,11 +571,18 @@ def _commit_units(before, after, dropped, grown, targets, out, counts):
             factor[i] = 0
         for i in fresh:
             factor[i] = 1
-    at = 0
-    for i, part in enumerate((grown, gone, fresh, first_time, kept, grown)):
-        _copy(part, out, at)
-        counts[i] = part.shape[0]
-        at += part.shape[0]
+    counts[0], counts[1], counts[2], counts[3] = n_grown, n_gone, n_fresh, n_first
+
+
+def segments(n_kept: int, n_dropped: int, n_grown: int) -> tuple[int, int, int]:
+    """Where `_commit_units` puts gone, fresh and first-time in `out` (after the active
+    units); `out` needs the last of these + n_grown entries."""
+    at_gone = n_kept + n_grown
+    at_fresh = at_gone + n_dropped
+    return at_gone, at_fresh, at_fresh + n_grown
+
+
+_segments = _jit(segments)
 
 
 @_jit(checked=True)
@@ -585,11 +605,17 @@ def _split(values, positions):
 @_jit(checked=True)
 def _where_flag(index, flags, value):
     out = np.empty(index.shape[0], index.dtype)
-    n = 0
+    return out[: _where_flag_into(index, flags, value, out, 0)]
+
+
+@_jit(checked=True)
+def _where_flag_into(index, flags, value, out, at):
+    """Write the entries i of `index` with flags[i] == value to out[at:]; their number."""
+    n = at
     for i in range(index.shape[0]):  # branch-free: every entry written, the wanted kept
         out[n] = index[i]
         n += flags[index[i]] == value
-    return out[:n]
+    return n - at
 
 
 @_jit(checked=True)

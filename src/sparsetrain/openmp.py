@@ -147,7 +147,7 @@ if njit is not None:
                 carray(_f32(row[19]), (n if row[19] else 0,)),
             ),
             carray(_i64(row[20]), (row[21],)),
-            carray(_i64(row[22]), (7,)),
+            carray(_i64(row[22]), (5,)),
         )
 
     def _work(data):
@@ -274,7 +274,7 @@ def commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor | None, ...]]:
     hit a free unit), or `grown` with `after` (`ops.without(before, dropped)`, the grown
     set). For each, (after, grown, gone, fresh, first_time, active), as
     `dst.grow_highest_units` (absolute), `ops.apply_index_changes` and the controller's
-    writes; `ever` is not updated (the caller marks first_time in it). Weights, states and
+    writes, `ever` included (first_time marked). Weights, states and
     the float mask must be float32 and contiguous (`usable`), else the caller writes them:
     `written` in each job tells which were. If the draws ran short (rare), nothing is
     committed and the result is (after with the accepted set, the accepted draws, None...)."""
@@ -294,16 +294,18 @@ def commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor | None, ...]]:
         job["written"] = [p != 0 for p in pointers]
         if not pointers[0]:
             raise ValueError("commit_layers needs float32 contiguous weights")
-        out = torch.empty(4 * n_grown + dropped.numel() + kept.numel(), dtype=torch.long)
-        counts = torch.zeros(7, dtype=torch.long)
+        n_kept = kept.numel()
+        size = kernels.segments(n_kept, dropped.numel(), n_grown)[2] + n_grown
+        out = torch.empty(size, dtype=torch.long)
+        counts = torch.zeros(5, dtype=torch.long)
         grown = none if given is None else given
-        outputs.append((after, out, counts))
+        outputs.append((after, out, counts, n_kept))
         keep_alive += [scores, grown, kept, dropped, draws]  # (as above)
         rows.append(
             [
                 *(0, scores.data_ptr() if scores.numel() else 0, n, before.data_ptr()),
                 *(after.data_ptr(), dropped.data_ptr(), dropped.numel(), job["k"], job["n_cand"]),
-                *(SELECTION_SAMPLE, grown.numel(), grown.data_ptr(), kept.numel()),
+                *(SELECTION_SAMPLE, grown.numel(), grown.data_ptr(), n_kept),
                 *(kept.data_ptr(), job["ever"].data_ptr(), pointers[0], pointers[1], pointers[2]),
                 *(int(job["reset_fresh"]), pointers[3], out.data_ptr(), out.numel()),
                 *(counts.data_ptr(), int(given is not None), draws.numel(), draws.data_ptr()),
@@ -311,15 +313,23 @@ def commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor | None, ...]]:
         )
     run("commit", rows, [job["before"].numel() for job in jobs])
     results = []
-    for after, out, counts in outputs:
-        sizes = counts.tolist()
-        if not sizes[6]:  # the draws ran short
-            results.append((after, out[: sizes[0]], None, None, None, None))
+    for (after, out, counts, n_kept), job in zip(outputs, jobs):
+        n_grown, n_gone, n_fresh, n_first, committed = counts.tolist()
+        if not committed:  # the draws ran short
+            results.append((after, out[:n_grown], None, None, None, None))
             continue
-        sizes = sizes[:6]
-        parts = out.split([*sizes, out.numel() - sum(sizes)])
-        active = out.narrow(0, sum(sizes[:4]), sizes[4] + sizes[5])
-        results.append((after, *parts[:4], active))
+        at_gone, at_fresh, at_first = kernels.segments(n_kept, job["dropped"].numel(), n_grown)
+        active = out[: n_kept + n_grown]
+        results.append(
+            (
+                after,
+                active[n_kept:],
+                out[at_gone : at_gone + n_gone],
+                out[at_fresh : at_fresh + n_fresh],
+                out[at_first : at_first + n_first],
+                active,
+            )
+        )
     return results
 
 

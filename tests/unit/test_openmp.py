@@ -92,7 +92,7 @@ def test_layer_jobs_equal_the_per_layer_ops(on, fraction):
         active = torch.cat([job["kept"], grown])
         for a, b in zip(got, (after, grown, gone, fresh, first_time, active)):
             assert torch.equal(a, b)
-        assert torch.equal(job["ever"], ever)  # only read: the caller marks first_time
+        assert torch.equal(job["ever"], ever_after)  # first_time marked
         weight, (state,), factor = job["weight"], job["states"], job["factor"]
         assert not weight[gone].any() and torch.equal(factor, after.float())
         assert not state[fresh if job["reset_fresh"] else gone].any()
