@@ -88,7 +88,8 @@ def drop_lowest_abs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`ops.drop_lowest_abs` for a 1-D CPU float array: gather, select and split in one call."""
     dropped, kept = np.empty(k, np.int64), np.empty(index.shape[0] - k, np.int64)
-    _drop_lowest_abs(values.detach().contiguous().numpy(), index.numpy(), k, sample, dropped, kept)
+    vals = values.detach().contiguous().numpy()
+    _drop_lowest_abs(vals, index.numpy(), k, sample, dropped, kept, vals[:0])
     return torch.from_numpy(dropped), torch.from_numpy(kept)
 
 
@@ -404,29 +405,38 @@ def _best_positions(vals, cand, skip, ties, k, n_cand, largest, absolute, sample
 
 
 @_jit(checked=True)
-def _abs_keys(vals, index):
-    """|vals[index]|, NaN as +inf (checked: `index` comes from the caller)."""
+def _abs_keys(vals, index, summed):
+    """|vals[index]|, NaN as +inf, and the float64 sum of |summed[index]| (0 if `summed` is
+    empty: SNFS's momentum, gathered in the same loop; checked: `index` is the caller's)."""
     keys = np.empty(index.shape[0], vals.dtype)
+    total = 0.0
+    if summed.shape[0]:
+        for j in range(index.shape[0]):
+            a = abs(vals[index[j]])
+            keys[j] = a if a == a else np.inf
+            total += abs(summed[index[j]])
+        return keys, total
     for j in range(index.shape[0]):
         a = abs(vals[index[j]])
         keys[j] = a if a == a else np.inf
-    return keys
+    return keys, total
 
 
 @_jit
-def _drop_lowest_abs(vals, index, k, sample, dropped, kept):
+def _drop_lowest_abs(vals, index, k, sample, dropped, kept, summed):
     """The drop's selection fused (ranks as `_best_positions` on -|vals[index]|), into
     `dropped` (k entries) and `kept` (the rest): a gather, a strided sample that brackets the
     k-th smallest magnitude, one pass that counts the magnitudes below the bracket and
     collects the few inside it, the exact k-th among those, and a split pass. NaN ranks as
     +inf (dropped last); ties go to the lower index. The collecting and splitting passes flag
-    in L1-sized chunks and visit set bits (`_compact`)."""
+    in L1-sized chunks and visit set bits (`_compact`). Returns the sum of |summed[index]|
+    (see `_abs_keys`)."""
     c = index.shape[0]
     if k <= 0 or k >= c:
         _copy(index[: dropped.shape[0]], dropped)
         _copy(index[dropped.shape[0] :], kept)
-        return
-    keys = _abs_keys(vals, index)
+        return _abs_sum_at(summed, index) if summed.shape[0] else 0.0
+    keys, total = _abs_keys(vals, index, summed)
     lo, hi = -np.inf, np.inf
     stride = _prime_at_least(c // sample)
     if c >= 4 * sample:
@@ -471,7 +481,7 @@ def _drop_lowest_abs(vals, index, k, sample, dropped, kept):
         take[ties[np.argsort(index[ties], kind="mergesort")[:need_ties]]] = True
         _copy(index[take], dropped)
         _copy(index[~take], kept)
-        return
+        return total
     d = n_kept = 0
     for start in range(0, c, _CHUNK):  # split: dropped are the set bits, kept the clear ones
         chunk, chunk_index = keys[start : start + _CHUNK], index[start : start + _CHUNK]
@@ -487,6 +497,7 @@ def _drop_lowest_abs(vals, index, k, sample, dropped, kept):
             rest = ~bits if valid >= 64 else ~bits & ((one << np.uint64(valid)) - one)
             d = _append_bits(bits, 64 * b, chunk_index, dropped, d)
             n_kept = _append_bits(rest, 64 * b, chunk_index, kept, n_kept)
+    return total
 
 
 @_jit

@@ -115,10 +115,10 @@ if njit is not None:
         k = row[5]
         dropped = carray(_i64(row[6]), (k,))
         kept = carray(_i64(row[7]), (row[4] - k,))
+        summed = carray(_f32(row[9]), (row[2] if row[9] else 0,))
+        total = kernels._drop_lowest_abs(values, index, k, row[8], dropped, kept, summed)
         if row[9]:
-            sums = carray(_f64(row[10]), (1,))
-            sums[0] = kernels._abs_sum_at(carray(_f32(row[9]), (row[2],)), index)
-        kernels._drop_lowest_abs(values, index, k, row[8], dropped, kept)
+            carray(_f64(row[10]), (1,))[0] = total
 
     @njit(nogil=True, cache=True)
     def _commit_job(row):
