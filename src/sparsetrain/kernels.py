@@ -294,15 +294,17 @@ def _flag(v, c, skip, largest, absolute, bound, flags):
 
 @_jit
 def _compact(vals, cand, skip, largest, absolute, worse, expected):
-    """Ascending positions of the candidates (the entries of `cand` other than `skip`, or
-    all if `cand` is empty) whose key is at least `worse` (`expected`: about how many; it
-    picks the faster of two scans)."""
+    """(ascending positions, their keys) of the candidates (the entries of `cand` other than
+    `skip`, or all if `cand` is empty) whose key is at least `worse` (`expected`: about how
+    many; it picks the faster of two scans). The keys are taken while the chunk is in L1,
+    not gathered again from the layer."""
     n = vals.shape[0]
     bound = worse if largest else -worse
     flags = np.zeros(_CHUNK, np.uint8)
     packed = np.zeros(_CHUNK // 8, np.uint8)
     bit_words = packed.view(np.uint64)
     out = np.empty(max(expected, _CHUNK), np.int64)
+    keys = np.empty(out.shape[0], np.float64)
     count = 0
     dense = expected > n // 16
     for start in range(0, n, _CHUNK):
@@ -311,18 +313,29 @@ def _compact(vals, cand, skip, largest, absolute, worse, expected):
         _flag(v, cand[start : start + _CHUNK], skip, largest, absolute, bound, flags)
         flags[m:] = 0
         if out.shape[0] - count < m:
-            bigger = np.empty(2 * out.shape[0] + m, np.int64)
+            bigger, bigger_keys = (
+                np.empty(2 * out.shape[0] + m, np.int64),
+                np.empty(2 * out.shape[0] + m),
+            )
             _copy(out[:count], bigger)
-            out = bigger
+            _copy(keys[:count], bigger_keys)
+            out, keys = bigger, bigger_keys
         if dense:  # many flagged: branch-free, every position written, the flagged kept
             for i in range(m):
                 out[count] = start + i
+                keys[count] = _key(v[i], largest, absolute)
                 count += flags[i]
             continue
         _pack_flags(flags, packed)  # few flagged: visit only the set bits, 64 scores a word
         for b in range((m + 63) // 64):
-            count = _append_bits(bit_words[b], start + 64 * b, None, out, count)
-    return out[:count]
+            bits = bit_words[b]
+            while bits:
+                i = 64 * b + np.int64(trailing_zeros(bits))
+                out[count] = start + i
+                keys[count] = _key(v[i], largest, absolute)
+                count += 1
+                bits &= bits - np.uint64(1)
+    return out[:count], keys[:count]
 
 
 #: histogram buckets for the exact k-th among the bracketed keys
@@ -364,21 +377,20 @@ def _best_positions(vals, cand, skip, ties, k, n_cand, largest, absolute, sample
     if n > 4 * sample:
         worse, better, expected = _bracket(vals, cand, skip, k, n_cand, largest, absolute, sample)
     found = expected > 0
-    pos = (
-        _compact(vals, cand, skip, largest, absolute, worse, expected)
-        if found
-        else np.empty(0, np.int64)
-    )
+    if found:
+        pos, keys = _compact(vals, cand, skip, largest, absolute, worse, expected)
+    else:
+        pos, keys = np.empty(0, np.int64), np.empty(0, np.float64)
     if pos.shape[0] < k:  # no sample, or it missed (rare): every candidate, no bracket
         found = False  # (keys below the missed bound must not index the histogram)
         better = np.inf
         pos = np.arange(n) if cand.shape[0] == 0 else np.flatnonzero(cand != skip)
-    if pos.shape[0] < k:
-        raise ValueError("fewer candidates than k (n_candidates is wrong)")
+        if pos.shape[0] < k:
+            raise ValueError("fewer candidates than k (n_candidates is wrong)")
+        keys = np.empty(pos.shape[0], np.float64)
+        for j in range(pos.shape[0]):
+            keys[j] = _key(vals[pos[j]], largest, absolute)
     c = pos.shape[0]
-    keys = np.empty(c, np.float64)
-    for j in range(c):
-        keys[j] = _key(vals[pos[j]], largest, absolute)
     if not found:
         worse = keys.min()
     threshold = _kth_best(keys, k, worse, better)
