@@ -59,8 +59,7 @@ from sparsetrain.ops import (
     expand_groups,
     group_scores,
     mean_abs_at,
-    random_positions,
-    uniform_draws,
+    random_seed,
     without,
 )
 from sparsetrain.schedules import (
@@ -760,20 +759,6 @@ class SparsityController:
             created += self._commit_changes(layer, before, after, dropped[name], kept[name], grown)
         results = openmp.commit_layers([job for _, job in jobs])
         for (layer, job), (after, grown, gone, fresh, new_to_ever, active) in zip(jobs, results):
-            if gone is None:  # SET's draws ran short (rare): draw the rest, commit as one layer
-                more = random_positions(
-                    after,
-                    job["k"] - grown.numel(),
-                    self.generator,
-                    in_place=True,
-                    exclude=True,
-                    n_candidates=job["n_cand"] - grown.numel(),
-                )
-                grown = torch.cat([grown, more]).sort().values
-                created += self._commit_changes(
-                    layer, job["before"], after, job["dropped"], job["kept"], grown
-                )
-                continue
             torch.autograd.graph.increment_version(layer.param)  # written in place by the job
             created += self._commit_layer(
                 layer,
@@ -801,7 +786,7 @@ class SparsityController:
         if self.options.growth_mode != "random":
             job["scores"] = self._grow_score(layer)
         elif 0 < k < job["n_cand"]:  # else none, or every candidate, is grown
-            job["draws"] = uniform_draws(before.numel(), job["n_cand"], k, self.generator)
+            job["seed"] = random_seed(self.generator)
         return job
 
     def _commit_changes(

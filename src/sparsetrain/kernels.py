@@ -103,17 +103,14 @@ def abs_sum_at(values: torch.Tensor, index: torch.Tensor) -> float:
     return float(_abs_sum_at(values.detach().contiguous().numpy(), index.numpy()))
 
 
-def accept_free(
-    draws: torch.Tensor, free: torch.Tensor, limit: int, exclude: bool = False
-) -> torch.Tensor:
-    """The draws (int64) that hit a `free` entry, at most `limit`, ascending; clears them in
-    `free` (a bool array, updated in place). With `exclude` the free entries are the False
-    ones, and the accepted are set."""
+def draw_free(seed: int, free: torch.Tensor, k: int, exclude: bool = False) -> torch.Tensor:
+    """k distinct entries of the contiguous 1-D bool `free` drawn uniformly (see
+    `_draw_free`: from counter `seed`), ascending; they are cleared in `free` (updated in
+    place). With `exclude` the free entries are the False ones, and the drawn are set."""
     flags = free.numpy().view(np.uint8)
-    taken = np.uint8(1 if exclude else 0)  # accepted where flags != taken, then set to taken
-    return torch.from_numpy(
-        _sort_indices(_accept_free(draws.numpy(), flags, limit, taken), flags.shape[0])
-    )
+    out = np.empty(k, np.int64)
+    _draw_free(seed, flags, k, np.uint8(1 if exclude else 0), out)
+    return torch.from_numpy(_sort_indices(out, flags.shape[0]))
 
 
 def apply_index_changes(
@@ -515,7 +512,7 @@ def _drop_lowest_abs(vals, index, k, sample, dropped, kept, summed):
 @_jit
 def _grow_and_commit(
     vals,
-    draws,
+    seed,
     given,
     before,
     after,
@@ -528,12 +525,11 @@ def _grow_and_commit(
     out,
     counts,
 ):
-    """A layer's whole grow and commit in the index form (`targets`: see `_commit_units`). Unless `grown` is `given` (with
-    `after`: `before` without `dropped`, the grown set), `after` = `before` without
-    `dropped`, and k of the n_cand units not in it are grown (all if fewer): the first k
-    `draws` that hit one (SET's uniform draws; too few: `out` gets those, `counts[4]` = 0,
-    nothing is committed), or else the k best by |vals|. Then `_commit_units`, and
-    `counts[4]` = 1."""
+    """A layer's whole grow and commit in the index form (`targets`: see `_commit_units`).
+    Unless `grown` is `given` (with `after`: `before` without `dropped`, the grown set),
+    `after` = `before` without `dropped`, and k of the n_cand units not in it are grown (all
+    if fewer): drawn uniformly from counter `seed` if it is >= 0 (SET, `_draw_free`), else
+    the k best by |vals|. Then `_commit_units`."""
     if not given:
         _copy(before, after)
         for d in dropped:
@@ -542,19 +538,14 @@ def _grow_and_commit(
             grown = np.empty(0, np.int64)
         elif k >= n_cand:
             grown = np.flatnonzero(after == 0)
-        elif draws.shape[0]:
-            accepted = _accept_free(draws, after, k, np.uint8(1))
-            if accepted.shape[0] < k:
-                _copy(accepted, out)
-                counts[0] = accepted.shape[0]
-                counts[4] = 0
-                return
-            grown = _sort_indices(accepted, before.shape[0])
+        elif seed >= 0:
+            grown = np.empty(k, np.int64)
+            _draw_free(seed, after, k, np.uint8(1), grown)
+            grown = _sort_indices(grown, before.shape[0])
         else:
             grown = _best_positions(
                 vals, after, np.uint8(1), _no_index, k, n_cand, True, True, sample
             )
-    counts[4] = 1
     _commit_units(before, after, dropped, grown, targets, out, counts)
 
 
@@ -657,18 +648,48 @@ def _abs_at(values, index):
     return out
 
 
+#: `_draw_free` maps 32 random bits to its range: fewer entries than this
+MAX_DRAW_RANGE = 1 << 32
+#: splitmix64's increment (the golden ratio): counter i of a stream is seed + i * _GOLDEN
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@_jit
+def _mix(z):
+    """splitmix64's output function: a bijective scramble of the 64-bit counter (a
+    counter-based generator: any thread computes the same stream from the seed)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
 @_jit(checked=True)
-def _accept_free(draws, flags, limit, taken):
-    out = np.empty(min(limit, draws.shape[0]), np.int64)
-    n = 0
-    for d in draws:
-        if n == out.shape[0]:
-            break
+def _draw_free(seed, flags, k, taken, out):
+    """out[:k] = the first k uniform draws in [0, len(flags)) that hit an entry with
+    flags != taken, each then set to taken (so each accepted draw is uniform over the
+    entries still free: a uniform k-subset). Draws are splitmix64 of counter `seed`, mapped
+    to the range without bias (Lemire's multiply-shift with rejection; fewer than 2^32
+    entries). Raises if fewer than k entries are free (found by a bound on the draws)."""
+    if flags.shape[0] >= MAX_DRAW_RANGE:
+        raise ValueError("draw_free takes fewer than 2^32 entries")
+    n = np.uint64(flags.shape[0])
+    reject_below = (np.uint64(1) << np.uint64(32)) % n  # 2^32 mod n
+    state = np.uint64(seed)
+    got = 0
+    for _ in range(64 * flags.shape[0] + 1024):
+        if got == k:
+            return
+        state += _GOLDEN
+        m = (_mix(state) >> np.uint64(32)) * n  # the high half is the draw
+        if (m & np.uint64(0xFFFFFFFF)) < reject_below:  # the low half rejects the excess
+            continue
+        d = np.int64(m >> np.uint64(32))
         if flags[d] != taken:
             flags[d] = taken
-            out[n] = d
-            n += 1
-    return out[:n]
+            out[got] = d
+            got += 1
+    if got < k:
+        raise ValueError("fewer free entries than k")
 
 
 @_jit

@@ -124,11 +124,11 @@ if njit is not None:
     def _commit_job(row):
         # row: done, scores, n, before, after, dropped, n_dropped, k, n_cand, sample,
         # n_grown_given, grown, n_kept, kept, ever, weight, state0, state1, reset_fresh,
-        # factor, out, out size, counts, given, n_draws, draws (a pointer 0: absent)
+        # factor, out, out size, counts, given, seed (< 0: none; a pointer 0: absent)
         n, n_dropped, n_grown, n_kept = row[2], row[6], row[10], row[12]
         kernels._grow_and_commit(
             carray(_f32(row[1]), (n if row[1] else 0,)),
-            carray(_i64(row[25]), (row[24],)),
+            row[24],
             row[23] != 0,
             carray(_u8(row[3]), (n,)),
             carray(_u8(row[4]), (n,)),
@@ -147,7 +147,7 @@ if njit is not None:
                 carray(_f32(row[19]), (n if row[19] else 0,)),
             ),
             carray(_i64(row[20]), (row[21],)),
-            carray(_i64(row[22]), (5,)),
+            carray(_i64(row[22]), (4,)),
         )
 
     def _work(data):
@@ -270,14 +270,13 @@ def commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor | None, ...]]:
     """The grows and commits of several layers, side by side. A job has `before` (the 1-D
     bool unit mask), `dropped`, `kept`, `k`, `n_cand`, `ever`, `weight`, `states`,
     `reset_fresh` and `factor` (see `kernels._commit_units`), and how to grow: `scores`
-    (float32: the k best by |score|), `draws` (SET: the first k of these uniform draws that
-    hit a free unit), or `grown` with `after` (`ops.without(before, dropped)`, the grown
-    set). For each, (after, grown, gone, fresh, first_time, active), as
+    (float32: the k best by |score|), `seed` (SET: k units drawn uniformly, as
+    `ops.random_positions` with that seed), or `grown` with `after` (`ops.without(before,
+    dropped)`, the grown set). For each, (after, grown, gone, fresh, first_time, active), as
     `dst.grow_highest_units` (absolute), `ops.apply_index_changes` and the controller's
     writes, `ever` included (first_time marked). Weights, states and
     the float mask must be float32 and contiguous (`usable`), else the caller writes them:
-    `written` in each job tells which were. If the draws ran short (rare), nothing is
-    committed and the result is (after with the accepted set, the accepted draws, None...)."""
+    `written` in each job tells which were."""
     outputs, rows, keep_alive = [], [], []
     none = torch.empty(0, dtype=torch.long)
     for job in jobs:
@@ -286,7 +285,7 @@ def commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor | None, ...]]:
         given = job.get("grown")
         scores = job.get("scores")
         scores = none if scores is None else scores.detach().reshape(-1).contiguous()
-        draws = job.get("draws", none)
+        seed = job.get("seed", -1)
         n_grown = given.numel() if given is not None else min(max(job["k"], 0), job["n_cand"])
         after = job["after"] if given is not None else torch.empty_like(before)
         states = [*job["states"], None, None][:2]
@@ -297,10 +296,10 @@ def commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor | None, ...]]:
         n_kept = kept.numel()
         size = kernels.segments(n_kept, dropped.numel(), n_grown)[2] + n_grown
         out = torch.empty(size, dtype=torch.long)
-        counts = torch.zeros(5, dtype=torch.long)
+        counts = torch.zeros(4, dtype=torch.long)
         grown = none if given is None else given
         outputs.append((after, out, counts, n_kept))
-        keep_alive += [scores, grown, kept, dropped, draws]  # (as above)
+        keep_alive += [scores, grown, kept, dropped]  # (as above)
         rows.append(
             [
                 *(0, scores.data_ptr() if scores.numel() else 0, n, before.data_ptr()),
@@ -308,16 +307,13 @@ def commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor | None, ...]]:
                 *(SELECTION_SAMPLE, grown.numel(), grown.data_ptr(), n_kept),
                 *(kept.data_ptr(), job["ever"].data_ptr(), pointers[0], pointers[1], pointers[2]),
                 *(int(job["reset_fresh"]), pointers[3], out.data_ptr(), out.numel()),
-                *(counts.data_ptr(), int(given is not None), draws.numel(), draws.data_ptr()),
+                *(counts.data_ptr(), int(given is not None), seed),
             ]
         )
     run("commit", rows, [job["before"].numel() for job in jobs])
     results = []
     for (after, out, counts, n_kept), job in zip(outputs, jobs):
-        n_grown, n_gone, n_fresh, n_first, committed = counts.tolist()
-        if not committed:  # the draws ran short
-            results.append((after, out[:n_grown], None, None, None, None))
-            continue
+        n_grown, n_gone, n_fresh, n_first = counts.tolist()
         at_gone, at_fresh, at_first = kernels.segments(n_kept, job["dropped"].numel(), n_grown)
         active = out[: n_kept + n_grown]
         results.append(
@@ -361,8 +357,7 @@ def warm_up() -> None:
         "reset_fresh": False,
         "factor": mask.float(),
     }
-    draws = ops.uniform_draws(n, n - kept.numel(), dropped.numel(), g)
-    commit_layers([{**job, "scores": scores}, {**job, "draws": draws}])
+    commit_layers([{**job, "scores": scores}, {**job, "seed": ops.random_seed(g)}])
     after = ops.without(mask, dropped)
     grown = ops.random_positions(after, dropped.numel(), g, in_place=True, exclude=True)
     commit_layers([{**job, "grown": grown, "after": after}])

@@ -351,9 +351,15 @@ def select_random(
 def uniform_draws(
     n: int, n_free: int, wanted: int, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """One round of `random_positions`' draws: uniform indices in [0, n), enough for about
-    1.2 times the `wanted` hits among `n_free` free entries."""
+    """One round of `random_positions`' draws (the PyTorch path): uniform indices in [0, n),
+    enough for about 1.2 times the `wanted` hits among `n_free` free entries."""
     return torch.randint(n, (math.ceil(1.2 * wanted * n / n_free) + 16,), generator=generator)
+
+
+def random_seed(generator: torch.Generator | None) -> int:
+    """A seed in [0, 2^62) for the kernels' counter-based draws (`kernels.draw_free`): one
+    number from `generator`, so that the draws are a function of its state."""
+    return int(torch.randint(1 << 62, (1,), generator=generator))
 
 
 def random_positions(
@@ -364,35 +370,44 @@ def random_positions(
     in_place: bool = False,
     exclude: bool = False,
 ) -> torch.Tensor:
-    """Flat indices (unordered) of k candidates drawn uniformly at random, without replacement
-    (all of them when k >= their number); see `select_random`. The candidates are the True
-    entries of `candidates`, or its False ones with `exclude`. With `in_place` the mask is
-    used as scratch instead of being copied (for a caller that no longer needs it): its
-    contents afterwards are unspecified (a contiguous mask has the drawn entries flipped).
+    """Flat indices (ascending) of k candidates drawn uniformly at random, without
+    replacement (all of them when k >= their number); see `select_random`. The candidates
+    are the True entries of `candidates`, or its False ones with `exclude`. With `in_place`
+    the mask is used as scratch instead of being copied (for a caller that no longer needs
+    it): its contents afterwards are unspecified (a contiguous mask has the drawn entries
+    flipped).
 
     Uniform draws are accepted in order when they hit a candidate not yet taken: every accepted
-    draw is uniform over the free candidates, so the result is a uniform k-subset."""
+    draw is uniform over the free candidates, so the result is a uniform k-subset. On CPU the
+    draws come from a counter-based generator seeded by one number of `generator` (the same
+    stream whichever thread computes it: the layer jobs of `sparsetrain.openmp` draw inside
+    the job); elsewhere from `generator` itself."""
     cand = candidates.reshape(-1)
     n = cand.numel()
-    use_kernel = kernels.enabled and cand.device.type == "cpu" and cand.is_contiguous()
+    use_kernel = (
+        kernels.enabled
+        and cand.device.type == "cpu"
+        and cand.is_contiguous()
+        and n < kernels.MAX_DRAW_RANGE
+    )
     if exclude and not use_kernel:
         cand, exclude, in_place = ~cand, False, True
     n_cand = int(torch.count_nonzero(cand)) if n_candidates is None else n_candidates
     n_cand = n - n_cand if exclude and n_candidates is None else n_cand
     if k >= n_cand:
         return (~cand if exclude else cand).nonzero().squeeze(1)
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long, device=cand.device)
     # the candidates not taken yet: one array, so each draw makes one random read
     free = cand if in_place else cand.clone()
+    if use_kernel:
+        return kernels.draw_free(random_seed(generator), free, k, exclude)
     picks = []
-    remaining = max(k, 0)
+    remaining = k
     while remaining:
         # each draw hits a still-free candidate with probability (n_cand - taken) / n
         idx = uniform_draws(n, n_cand - (k - remaining), remaining, generator).to(cand.device)
-        if use_kernel:  # accept free candidates in draw order, in one pass
-            picks.append(kernels.accept_free(idx, free, remaining, exclude))
-            remaining -= picks[-1].numel()
-            continue
-        idx = torch.unique(idx[free[idx]])  # a uniformly random set of free ones
+        idx = torch.unique(idx[free[idx]])  # a uniformly random set of free ones, ascending
         if idx.numel() > remaining:  # keep a uniformly random subset of it, in ascending order
             keep = torch.randperm(idx.numel(), generator=generator)[:remaining]
             subset = torch.zeros(idx.numel(), dtype=torch.bool)
@@ -401,8 +416,6 @@ def random_positions(
         free[idx] = False
         picks.append(idx)
         remaining -= idx.numel()
-    if not picks:
-        return torch.zeros(0, dtype=torch.long, device=cand.device)
     # ascending: later scatters and gathers at these indices then walk memory in order
     return picks[0] if len(picks) == 1 else torch.cat(picks).sort().values
 

@@ -331,6 +331,25 @@ def test_random_positions_uniform_exact_and_deterministic(kernel):
     assert bool((many[1:] > many[:-1]).all())  # ascending, hence distinct
 
 
+def test_counter_based_draws_are_uniform_and_raise_when_too_few_are_free():
+    """The kernels' SET draws (splitmix64 of a counter, mapped to [0, n) without bias):
+    single draws over a range that is not a power of two pass a chi-square check, a seed
+    gives one stream, and asking for more free entries than there are raises."""
+    n, trials = 97, 20_000
+    counts = torch.zeros(n)
+    for seed in range(trials):
+        counts[kernels.draw_free(seed * 7919, torch.ones(n, dtype=torch.bool), 1)] += 1
+    expected = trials / n
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < n - 1 + 5 * math.sqrt(2 * (n - 1)), chi2  # mean n-1, sd sqrt(2(n-1))
+    free = torch.rand(10_000, generator=torch.Generator().manual_seed(0)) < 0.5
+    a, b = free.clone(), free.clone()
+    assert torch.equal(kernels.draw_free(5, a, 3000), kernels.draw_free(5, b, 3000))
+    assert torch.equal(a, b) and int(a.sum()) == int(free.sum()) - 3000
+    with pytest.raises(ValueError, match="fewer free entries"):
+        kernels.draw_free(1, torch.zeros(100, dtype=torch.bool), 1)
+
+
 @pytest.mark.parametrize("kernel", BACKENDS)
 def test_random_positions_in_place_draws_the_same_and_clears_the_drawn(kernel):
     """`in_place` (SET's grow: the candidates are scratch) changes no draw: the same seed
