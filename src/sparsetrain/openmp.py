@@ -29,11 +29,9 @@ from sparsetrain import kernels, ops
 from sparsetrain.ops import SELECTION_SAMPLE
 
 try:
-    from llvmlite import ir
-    from numba import carray, cfunc, njit, types
-    from numba.extending import intrinsic
+    from numba import cfunc, types
 except ImportError:  # pragma: no cover - numba is a dependency
-    njit = None
+    cfunc = None
 
 #: whether `run` may use PyTorch's OpenMP threads (tests flip it to check both paths)
 enabled = os.environ.get("SPARSETRAIN_OPENMP", "1") != "0"
@@ -41,9 +39,6 @@ enabled = os.environ.get("SPARSETRAIN_OPENMP", "1") != "0"
 #: the team runs when at least two layers have this many weights (below, a layer updates in
 #: microseconds and the smaller layers just fill in behind the large ones)
 MIN_UNITS = 1 << 16
-#: the header of a job table: [next job (the shared counter), number of jobs, row width,
-#: kind (0: drop, 1: commit)]
-_HEADER = 4
 
 
 def _find_gomp_parallel():
@@ -72,104 +67,6 @@ def _find_gomp_parallel():
     return None
 
 
-if njit is not None:
-
-    def _pointer(numba_type):
-        @intrinsic
-        def cast(typingctx, address):
-            sig = types.CPointer(numba_type)(address)
-
-            def codegen(context, builder, signature, args):
-                return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-
-            return sig, codegen
-
-        return cast
-
-    _f32, _f64 = _pointer(types.float32), _pointer(types.float64)
-    _u8, _i64 = _pointer(types.uint8), _pointer(types.int64)
-
-    @intrinsic
-    def _address(typingctx, pointer):
-        def codegen(context, builder, signature, args):
-            return builder.ptrtoint(args[0], ir.IntType(64))
-
-        return types.int64(pointer), codegen
-
-    @intrinsic
-    def _fetch_add(typingctx, address):
-        """Atomically add 1 to the int64 at `address`; its value before."""
-
-        def codegen(context, builder, signature, args):
-            ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
-            return builder.atomic_rmw("add", ptr, ir.Constant(ir.IntType(64), 1), "seq_cst")
-
-        return types.int64(address), codegen
-
-    @njit(nogil=True, cache=True)
-    def _drop_job(row):
-        # row: [done, values, n, index, c, k, dropped, kept, sample, summed, sum]: `summed`
-        # (0: none) is a second array of n float32 whose |.| is summed at `index` into `sum`
-        values = carray(_f32(row[1]), (row[2],))
-        index = carray(_i64(row[3]), (row[4],))
-        k = row[5]
-        dropped = carray(_i64(row[6]), (k,))
-        kept = carray(_i64(row[7]), (row[4] - k,))
-        summed = carray(_f32(row[9]), (row[2] if row[9] else 0,))
-        total = kernels._drop_lowest_abs(values, index, k, row[8], dropped, kept, summed)
-        if row[9]:
-            carray(_f64(row[10]), (1,))[0] = total
-
-    @njit(nogil=True, cache=True)
-    def _commit_job(row):
-        # row: done, scores, n, before, after, dropped, n_dropped, k, n_cand, sample,
-        # n_grown_given, grown, n_kept, kept, ever, weight, state0, state1, reset_fresh,
-        # factor, out, out size, counts, given, seed (< 0: none; a pointer 0: absent)
-        n, n_dropped, n_grown, n_kept = row[2], row[6], row[10], row[12]
-        kernels._grow_and_commit(
-            carray(_f32(row[1]), (n if row[1] else 0,)),
-            row[24],
-            row[23] != 0,
-            carray(_u8(row[3]), (n,)),
-            carray(_u8(row[4]), (n,)),
-            carray(_i64(row[5]), (n_dropped,)),
-            row[7],
-            row[8],
-            row[9],
-            carray(_i64(row[11]), (n_grown,)),
-            (
-                carray(_i64(row[13]), (n_kept,)),
-                carray(_u8(row[14]), (n,)),
-                carray(_f32(row[15]), (n,)),
-                carray(_f32(row[16]), (n if row[16] else 0,)),
-                carray(_f32(row[17]), (n if row[17] else 0,)),
-                row[18] != 0,
-                carray(_f32(row[19]), (n if row[19] else 0,)),
-            ),
-            carray(_i64(row[20]), (row[21],)),
-            carray(_i64(row[22]), (4,)),
-        )
-
-    def _work(data):
-        """What each thread runs: take the next job from the shared counter until none is
-        left (compiled on first use by `_worker`; module-level, so that numba's disk cache
-        holds it once, not once per process as a closure)."""
-        start = _address(data)
-        header = carray(_i64(start), (_HEADER,))
-        table = carray(_i64(start + 8 * _HEADER), (header[1], header[2]))
-        while True:
-            j = _fetch_add(start)
-            if j >= header[1]:
-                break
-            if header[3] == 0:
-                _drop_job(table[j])
-            else:
-                _commit_job(table[j])
-            table[j, 0] = 1
-
-    _JOBS = {"drop": _drop_job, "commit": _commit_job}
-
-
 _gomp_parallel = None
 _searched = False
 _compiled = None
@@ -179,7 +76,7 @@ def _worker():
     """The compiled `_work` (a C callback), built or loaded from numba's cache once."""
     global _compiled
     if _compiled is None:
-        _compiled = cfunc(types.void(types.voidptr), cache=True, nogil=True)(_work)
+        _compiled = cfunc(types.void(types.voidptr), cache=True, nogil=True)(kernels._work)
     return _compiled
 
 
@@ -192,9 +89,9 @@ def run(kind: str, rows: list[list[int]], sizes: list[int]) -> None:
         return
     order = sorted(range(len(rows)), key=lambda j: -sizes[j])
     width = len(rows[0])
-    table = np.zeros(_HEADER + len(rows) * width, np.int64)
-    table[1:_HEADER] = len(rows), width, list(_JOBS).index(kind)
-    jobs = table[_HEADER:].reshape(len(rows), width)
+    table = np.zeros(kernels.HEADER + len(rows) * width, np.int64)
+    table[1 : kernels.HEADER] = len(rows), width, list(kernels.JOBS).index(kind)
+    jobs = table[kernels.HEADER :].reshape(len(rows), width)
     jobs[:] = np.asarray([rows[j] for j in order], np.int64)
     threads = min(torch.get_num_threads(), len(rows))
     if enabled and threads > 1 and not _searched:
@@ -205,12 +102,12 @@ def run(kind: str, rows: list[list[int]], sizes: list[int]) -> None:
         _worker().ctypes(ctypes.c_void_p(table.ctypes.data))
     for row in jobs:
         if not row[0]:
-            _JOBS[kind](row)
+            kernels.JOBS[kind](row)
 
 
 def usable(values: torch.Tensor) -> bool:
     """Whether the layer jobs can take `values` (float32 on CPU, kernels enabled)."""
-    return njit is not None and kernels.usable(values) and values.dtype == torch.float32
+    return cfunc is not None and kernels.usable(values) and values.dtype == torch.float32
 
 
 def drop_lowest_abs_layers(
@@ -333,7 +230,7 @@ def warm_up() -> None:
     """Compile the CPU kernels and the team's worker into numba's disk cache (or load them
     from it), so that the first mask update of a run does not pay for it (~20-30 s once per
     machine); `make install` runs it. float32 signatures only: others compile on first use."""
-    if njit is None or not kernels.enabled:
+    if cfunc is None or not kernels.enabled:
         return
     g = torch.Generator().manual_seed(0)
     n = 4 * MIN_UNITS

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
+import pkgutil
 import sys
 
 import pytest
@@ -207,3 +209,21 @@ def test_warm_up_compiles_every_job_kind():
     commits without error (fast here: numba's cache already holds them)."""
     openmp.warm_up()
     assert openmp._compiled is not None
+
+
+def test_every_compiled_function_lives_in_the_kernels_module():
+    """numba's disk cache re-validates a compiled function by its own source file's stamp
+    only: a job compiled in another module would keep running stale copies of the kernels
+    it calls after they change. So every compiled function of the package, and the team's
+    worker, is defined in kernels.py."""
+    numba = pytest.importorskip("numba")
+    compiled = 0
+    for info in pkgutil.walk_packages(sparsetrain.__path__, "sparsetrain."):
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if isinstance(value, numba.core.registry.CPUDispatcher):
+                compiled += 1
+                where = value.py_func.__code__.co_filename
+                assert where == kernels.__file__, f"{info.name}.{name} is compiled from {where}"
+    assert compiled > 10
+    assert openmp._worker()._pyfunc.__code__.co_filename == kernels.__file__
