@@ -685,41 +685,57 @@ class SparsityController:
         Works on unit indices (`algorithms.dst` index form): the drop looks at the active
         units only, the grow makes one pass over the layer's scores. Layers are independent
         apart from SNFS's redistribution, settled between the drop and the grow phase; on CPU
-        the flat layers of each phase run side by side on PyTorch's OpenMP threads
-        (`sparsetrain.openmp`), the same selections as one at a time."""
+        the flat layers run side by side on PyTorch's OpenMP threads (`sparsetrain.openmp`:
+        each layer's drop, grow and commit in one job, or with SNFS one job per phase), the
+        same selections as one at a time."""
         layers = self._dynamic()
         drops = {layer.name: round(alpha * self._active_units(layer).numel()) for layer in layers}
-        redistributing = self.options.redistribution_mode == "momentum" and bool(layers)
-        dropped, kept, momentum_scores = self._drop_all(layers, drops, redistributing)
-        grows = drops
-        if redistributing:
-            scores, capacity = {}, {}
-            for layer in layers:
-                buffer = optim_state.momentum(self.optimizer, layer.param)
-                if layer.name in momentum_scores:
-                    scores[layer.name] = momentum_scores[layer.name]
-                else:  # a gather of the cached active indices, not a pass over the layer
-                    active = self._active_units(layer)  # group 1: needs flat masks
-                    scores[layer.name] = (
-                        mean_abs_at(buffer.reshape(-1), active) if buffer is not None else 0.0
-                    )
-                capacity[layer.name] = layer.param.numel() // layer.group - kept[layer.name].numel()
-            grows = redistribute(sum(drops.values()), scores, capacity)
+        if self.options.redistribution_mode != "momentum" or not layers:
+            return self._update_layers(layers, drops)
+        dropped, kept, momentum_scores = self._drop_all(layers, drops)
+        scores, capacity = {}, {}
+        for layer in layers:
+            buffer = optim_state.momentum(self.optimizer, layer.param)
+            if layer.name in momentum_scores:
+                scores[layer.name] = momentum_scores[layer.name]
+            else:  # a gather of the cached active indices, not a pass over the layer
+                active = self._active_units(layer)  # group 1: needs flat masks
+                scores[layer.name] = (
+                    mean_abs_at(buffer.reshape(-1), active) if buffer is not None else 0.0
+                )
+            capacity[layer.name] = layer.param.numel() // layer.group - kept[layer.name].numel()
+        grows = redistribute(sum(drops.values()), scores, capacity)
         return self._grow_and_commit_all(layers, dropped, kept, grows)
 
-    def _drop_all(
-        self, layers: list[_Layer], drops: dict[str, int], redistributing: bool
-    ) -> tuple[dict, dict, dict]:
-        """(dropped, kept, SNFS's mean |momentum| of the active weights where the team
-        computed it) per layer name."""
+    def _update_layers(self, layers: list[_Layer], drops: dict[str, int]) -> int:
+        """Drop k = `drops[name]` units of each layer and grow as many: the job layers
+        (`_job_layers`) in one team call, the others one at a time; returns the number of
+        new connections."""
+        teamed = self._job_layers(layers)
+        created, jobs = 0, []
+        for layer in layers:  # in layer order: random grows draw from the one generator
+            k = drops[layer.name]
+            if layer in teamed:
+                active = self._active_units(layer)
+                job = self._commit_job(layer, k, active.numel() - min(max(k, 0), active.numel()))
+                job["index"], job["drop"] = active, k
+                jobs.append((layer, job))
+                continue
+            dropped, kept = self._drop(layer, k)
+            created += self._grow_and_commit_one(layer, dropped, kept, k)
+        results = openmp.drop_and_commit_layers([job for _, job in jobs])
+        for (layer, job), (dropped, kept, *changes) in zip(jobs, results):
+            created += self._install_job(layer, job, dropped, kept, changes)
+        return created
+
+    def _drop_all(self, layers: list[_Layer], drops: dict[str, int]) -> tuple[dict, dict, dict]:
+        """SNFS's drop phase: (dropped, kept, the mean |momentum| of the active weights where
+        the team computed it) per layer name."""
         dropped, kept, momentum_scores = {}, {}, {}
         teamed = self._teamed(layers, lambda layer: layer.param)
         if teamed:
             jobs = [(t.param.reshape(-1), self._active_units(t), drops[t.name]) for t in teamed]
-            summed = [
-                optim_state.momentum(self.optimizer, t.param) if redistributing else None
-                for t in teamed
-            ]
+            summed = [optim_state.momentum(self.optimizer, t.param) for t in teamed]
             for t, (d, k, score) in zip(teamed, openmp.drop_lowest_abs_layers(jobs, summed)):
                 dropped[t.name], kept[t.name] = d, k
                 if score is not None:
@@ -732,10 +748,28 @@ class SparsityController:
     def _grow_and_commit_all(
         self, layers: list[_Layer], dropped: dict, kept: dict, grows: dict[str, int]
     ) -> int:
-        """Grow and commit every layer (the teamed ones as jobs, after the others); returns
-        the number of new connections."""
+        """SNFS's grow phase: grow and commit every layer (the job layers side by side, after
+        the others); returns the number of new connections."""
+        teamed = self._job_layers(layers)
+        created, jobs = 0, []
+        for layer in layers:
+            name = layer.name
+            if layer in teamed:  # committed below, side by side with the other teamed layers
+                job = self._commit_job(layer, grows[name], kept[name].numel())
+                job["dropped"], job["kept"] = dropped[name], kept[name]
+                jobs.append((layer, job))
+                continue
+            created += self._grow_and_commit_one(layer, dropped[name], kept[name], grows[name])
+        results = openmp.commit_layers([job for _, job in jobs])
+        for (layer, job), changes in zip(jobs, results):
+            created += self._install_job(layer, job, job["dropped"], job["kept"], changes)
+        return created
+
+    def _job_layers(self, layers: list[_Layer]) -> list[_Layer]:
+        """The layers whose grow and commit run as `sparsetrain.openmp` jobs (`_teamed`, with
+        contiguous masks and a float32 CPU grow score)."""
         random = self.options.growth_mode == "random"
-        teamed = self._teamed(
+        return self._teamed(
             layers,
             lambda layer: layer.param,
             lambda layer: (
@@ -745,38 +779,15 @@ class SparsityController:
                 and (random or openmp.usable(self._grow_score(layer)))
             ),
         )
-        created, jobs = 0, []
-        for layer in layers:  # in layer order: random grows draw from the one generator
-            name = layer.name
-            if layer in teamed:  # committed below, side by side with the other teamed layers
-                jobs.append(
-                    (layer, self._commit_job(layer, dropped[name], kept[name], grows[name]))
-                )
-                continue
-            before = self.masks[name].reshape(-1, layer.group)[:, 0]
-            after = without(before, dropped[name])  # the kept units; the grow adds its own
-            grown = self._grow(layer, after, kept[name].numel(), grows[name])
-            created += self._commit_changes(layer, before, after, dropped[name], kept[name], grown)
-        results = openmp.commit_layers([job for _, job in jobs])
-        for (layer, job), (after, grown, gone, fresh, new_to_ever, active) in zip(jobs, results):
-            torch.autograd.graph.increment_version(layer.param)  # written in place by the job
-            created += self._commit_layer(
-                layer,
-                *(job["dropped"], job["kept"], grown, after, gone, fresh, new_to_ever),
-                written=job["written"],
-                active=active,
-            )
-        return created
 
-    def _commit_job(self, layer: _Layer, dropped: torch.Tensor, kept: torch.Tensor, k: int) -> dict:
-        """A flat layer's grow and commit as a job for `openmp.commit_layers`."""
+    def _commit_job(self, layer: _Layer, k: int, n_kept: int) -> dict:
+        """A flat layer's grow of k units and its commit as a job for `sparsetrain.openmp`
+        (without the drop's units: the caller adds them), `n_kept` units kept by the drop."""
         name, before = layer.name, self.masks[layer.name].reshape(-1)
         job = {
             "before": before,
-            "dropped": dropped,
-            "kept": kept,
             "k": k,
-            "n_cand": before.numel() - kept.numel(),
+            "n_cand": before.numel() - n_kept,
             "ever": self.ever_active[name].reshape(-1),
             "weight": layer.param.detach().reshape(-1),
             "states": optim_state.state_tensors(self.optimizer, layer.param),
@@ -788,6 +799,29 @@ class SparsityController:
         elif 0 < k < job["n_cand"]:  # else none, or every candidate, is grown
             job["seed"] = random_seed(self.generator)
         return job
+
+    def _install_job(
+        self, layer: _Layer, job: dict, dropped: torch.Tensor, kept: torch.Tensor, changes: list
+    ) -> int:
+        """`_commit_layer` for a layer the job committed (`changes`: `openmp.commit_layers`'
+        result); returns its new connections."""
+        after, grown, gone, fresh, new_to_ever, active = changes
+        torch.autograd.graph.increment_version(layer.param)  # written in place by the job
+        return self._commit_layer(
+            layer,
+            *(dropped, kept, grown, after, gone, fresh, new_to_ever),
+            written=job["written"],
+            active=active,
+        )
+
+    def _grow_and_commit_one(
+        self, layer: _Layer, dropped: torch.Tensor, kept: torch.Tensor, k: int
+    ) -> int:
+        """Grow k units of one layer after its drop and commit them (the one-layer path)."""
+        before = self.masks[layer.name].reshape(-1, layer.group)[:, 0]
+        after = without(before, dropped)  # the kept units; the grow adds its own
+        grown = self._grow(layer, after, kept.numel(), k)
+        return self._commit_changes(layer, before, after, dropped, kept, grown)
 
     def _commit_changes(
         self,

@@ -734,8 +734,10 @@ def _apply_index_changes(before, after, dropped, grown, ever):
 # Here, not in openmp.py: numba's disk cache re-validates a function by its own file only, so
 # a job compiled in another module would keep running stale copies of the kernels it calls.
 #: the header of a job table: [next job (the shared counter), number of jobs, row width,
-#: kind (0: drop, 1: commit)]
+#: kind (the position in JOBS)]
 HEADER = 4
+#: the width of a drop job's row (`_drop_job`)
+DROP_ROW = 11
 
 
 if numba is not None:
@@ -829,9 +831,17 @@ if numba is not None:
                 break
             if header[3] == 0:
                 _drop_job(table[j])
-            else:
+            elif header[3] == 1:
                 _commit_job(table[j])
+            else:
+                _drop_and_commit_job(table[j])
             table[j, 0] = 1
 
+    @_jit
+    def _drop_and_commit_job(row):
+        # row: a drop row, then a commit row whose dropped and kept are the drop's outputs
+        _drop_job(row[:DROP_ROW])
+        _commit_job(row[DROP_ROW:])
+
     #: the job kinds of a table, by name (a table's kind is the position here)
-    JOBS = {"drop": _drop_job, "commit": _commit_job}
+    JOBS = {"drop": _drop_job, "commit": _commit_job, "drop_commit": _drop_and_commit_job}

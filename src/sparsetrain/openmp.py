@@ -89,10 +89,9 @@ def run(kind: str, rows: list[list[int]], sizes: list[int]) -> None:
         return
     order = sorted(range(len(rows)), key=lambda j: -sizes[j])
     width = len(rows[0])
-    table = np.zeros(kernels.HEADER + len(rows) * width, np.int64)
-    table[1 : kernels.HEADER] = len(rows), width, list(kernels.JOBS).index(kind)
+    header = [0, len(rows), width, list(kernels.JOBS).index(kind)]  # kernels.HEADER entries
+    table = np.array(header + [x for j in order for x in rows[j]], np.int64)
     jobs = table[kernels.HEADER :].reshape(len(rows), width)
-    jobs[:] = np.asarray([rows[j] for j in order], np.int64)
     threads = min(torch.get_num_threads(), len(rows))
     if enabled and threads > 1 and not _searched:
         _gomp_parallel, _searched = _find_gomp_parallel(), True
@@ -100,8 +99,8 @@ def run(kind: str, rows: list[list[int]], sizes: list[int]) -> None:
         _gomp_parallel(_worker().address, table.ctypes.data, threads, 0)
     else:
         _worker().ctypes(ctypes.c_void_p(table.ctypes.data))
-    for row in jobs:
-        if not row[0]:
+    if not jobs[:, 0].all():
+        for row in jobs[jobs[:, 0] == 0]:
             kernels.JOBS[kind](row)
 
 
@@ -120,26 +119,14 @@ def drop_lowest_abs_layers(
     `ops.mean_abs_at(summed[j], index)` for a float32 tensor `summed[j]` of the same size
     (SNFS's momentum), else None."""
     summed = summed or [None] * len(jobs)
-    outputs, rows, keep_alive = [], [], []
     sums = np.zeros(len(jobs), np.float64)
-    for j, ((values, index, k), extra) in enumerate(zip(jobs, summed)):
-        values, index = values.detach().contiguous(), index.contiguous()
-        k = min(max(k, 0), index.numel())
-        dropped = torch.empty(k, dtype=torch.long)
-        kept = torch.empty(index.numel() - k, dtype=torch.long)
-        extra_pointer = _float_pointer(extra, values.numel())
-        outputs.append((dropped, kept, extra_pointer != 0 or extra is None))
-        keep_alive += [values, index]  # the tensors behind the row's pointers, until run
-        rows.append(
-            [
-                *(0, values.data_ptr(), values.numel(), index.data_ptr(), index.numel(), k),
-                *(dropped.data_ptr(), kept.data_ptr(), sample),
-                *(extra_pointer, sums.ctypes.data + 8 * j),
-            ]
-        )
-    run("drop", rows, [index.numel() for _, index, _ in jobs])
+    drops = [
+        _drop_row(values, index, k, extra, sums.ctypes.data + 8 * j, sample)
+        for j, ((values, index, k), extra) in enumerate(zip(jobs, summed))
+    ]
+    run("drop", [drop[0] for drop in drops], [index.numel() for _, index, _ in jobs])
     results = []
-    for j, ((dropped, kept, fused), extra) in enumerate(zip(outputs, summed)):
+    for j, ((_, dropped, kept, fused, _), extra) in enumerate(zip(drops, summed)):
         index = jobs[j][1]
         if extra is None:
             mean = None
@@ -149,6 +136,29 @@ def drop_lowest_abs_layers(
             mean = float(sums[j]) / index.numel()
         results.append((dropped, kept, mean))
     return results
+
+
+def _drop_row(
+    values: torch.Tensor,
+    index: torch.Tensor,
+    k: int,
+    extra: torch.Tensor | None,
+    sum_address: int,
+    sample: int,
+) -> tuple[list[int], torch.Tensor, torch.Tensor, bool, list[torch.Tensor]]:
+    """A drop job's table row (see `kernels._drop_job`), its dropped and kept outputs,
+    whether `extra` is summed in the job, and the tensors behind the row's pointers (to keep
+    alive until the job has run)."""
+    values, index = values.detach().contiguous(), index.contiguous()
+    k = min(max(k, 0), index.numel())
+    dropped = torch.empty(k, dtype=torch.long)
+    kept = torch.empty(index.numel() - k, dtype=torch.long)
+    extra_pointer = _float_pointer(extra, values.numel())
+    row = [
+        *(0, values.data_ptr(), values.numel(), index.data_ptr(), index.numel(), k),
+        *(dropped.data_ptr(), kept.data_ptr(), sample, extra_pointer, sum_address),
+    ]
+    return row, dropped, kept, extra_pointer != 0 or extra is None, [values, index]
 
 
 def _float_pointer(tensor: torch.Tensor | None, n: int) -> int:
@@ -163,7 +173,7 @@ def _float_pointer(tensor: torch.Tensor | None, n: int) -> int:
     return tensor.data_ptr() if usable_here else 0
 
 
-def commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor | None, ...]]:
+def commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor, ...]]:
     """The grows and commits of several layers, side by side. A job has `before` (the 1-D
     bool unit mask), `dropped`, `kept`, `k`, `n_cand`, `ever`, `weight`, `states`,
     `reset_fresh` and `factor` (see `kernels._commit_units`), and how to grow: `scores`
@@ -171,59 +181,79 @@ def commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor | None, ...]]:
     `ops.random_positions` with that seed), or `grown` with `after` (`ops.without(before,
     dropped)`, the grown set). For each, (after, grown, gone, fresh, first_time, active), as
     `dst.grow_highest_units` (absolute), `ops.apply_index_changes` and the controller's
-    writes, `ever` included (first_time marked). Weights, states and
-    the float mask must be float32 and contiguous (`usable`), else the caller writes them:
-    `written` in each job tells which were."""
-    outputs, rows, keep_alive = [], [], []
-    none = torch.empty(0, dtype=torch.long)
+    writes, `ever` included (first_time marked). Weights, states and the float mask must be
+    float32 and contiguous (`usable`), else the caller writes them: `written` in each job
+    tells which were."""
+    commits = [_commit_row(job, job["dropped"], job["kept"]) for job in jobs]
+    run("commit", [commit[0] for commit in commits], [job["before"].numel() for job in jobs])
+    return [_commit_results(*commit[1:]) for commit in commits]
+
+
+def drop_and_commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor, ...]]:
+    """Each layer's drop and then its grow and commit, in one job (methods without a step
+    between them that needs every layer's drop, i.e. all but SNFS's redistribution): a job
+    is a `commit_layers` job whose `dropped` and `kept` are replaced by `index` and `drop`,
+    the drop of `drop_lowest_abs_layers` on the layer's `weight`. For each, (dropped, kept)
+    and then `commit_layers`' result."""
+    rows, done = [], []
     for job in jobs:
-        before, dropped, kept = job["before"], job["dropped"], job["kept"]
-        n = before.numel()
-        given = job.get("grown")
-        scores = job.get("scores")
-        scores = none if scores is None else scores.detach().reshape(-1).contiguous()
-        seed = job.get("seed", -1)
-        n_grown = given.numel() if given is not None else min(max(job["k"], 0), job["n_cand"])
-        after = job["after"] if given is not None else torch.empty_like(before)
-        states = [*job["states"], None, None][:2]
-        pointers = [_float_pointer(t, n) for t in (job["weight"], *states, job["factor"])]
-        job["written"] = [p != 0 for p in pointers]
-        if not pointers[0]:
-            raise ValueError("commit_layers needs float32 contiguous weights")
-        n_kept = kept.numel()
-        size = kernels.segments(n_kept, dropped.numel(), n_grown)[2] + n_grown
-        out = torch.empty(size, dtype=torch.long)
-        counts = torch.zeros(4, dtype=torch.long)
-        grown = none if given is None else given
-        outputs.append((after, out, counts, n_kept))
-        keep_alive += [scores, grown, kept, dropped]  # (as above)
-        rows.append(
-            [
-                *(0, scores.data_ptr() if scores.numel() else 0, n, before.data_ptr()),
-                *(after.data_ptr(), dropped.data_ptr(), dropped.numel(), job["k"], job["n_cand"]),
-                *(SELECTION_SAMPLE, grown.numel(), grown.data_ptr(), n_kept),
-                *(kept.data_ptr(), job["ever"].data_ptr(), pointers[0], pointers[1], pointers[2]),
-                *(int(job["reset_fresh"]), pointers[3], out.data_ptr(), out.numel()),
-                *(counts.data_ptr(), int(given is not None), seed),
-            ]
+        row, dropped, kept, _, alive = _drop_row(
+            job["weight"], job["index"], job["drop"], None, 0, SELECTION_SAMPLE // 2
         )
-    run("commit", rows, [job["before"].numel() for job in jobs])
-    results = []
-    for (after, out, counts, n_kept), job in zip(outputs, jobs):
-        n_grown, n_gone, n_fresh, n_first = counts.tolist()
-        at_gone, at_fresh, at_first = kernels.segments(n_kept, job["dropped"].numel(), n_grown)
-        active = out[: n_kept + n_grown]
-        results.append(
-            (
-                after,
-                active[n_kept:],
-                out[at_gone : at_gone + n_gone],
-                out[at_fresh : at_fresh + n_fresh],
-                out[at_first : at_first + n_first],
-                active,
-            )
-        )
-    return results
+        commit = _commit_row(job, dropped, kept)
+        rows.append(row + commit[0])
+        done.append((dropped, kept, commit[1:], alive))
+    run("drop_commit", rows, [job["before"].numel() for job in jobs])
+    return [(dropped, kept, *_commit_results(*outputs)) for dropped, kept, outputs, _ in done]
+
+
+def _commit_row(job: dict, dropped: torch.Tensor, kept: torch.Tensor) -> tuple:
+    """A commit job's table row (see `kernels._commit_job`), then what `_commit_results`
+    needs, and the tensors behind the row's pointers (kept alive with the outputs)."""
+    before = job["before"]
+    n, n_dropped, n_kept = before.numel(), dropped.numel(), kept.numel()
+    given = job.get("grown")
+    scores = job.get("scores")
+    scores = _NONE if scores is None else scores.detach().reshape(-1).contiguous()
+    n_grown = given.numel() if given is not None else min(max(job["k"], 0), job["n_cand"])
+    after = job["after"] if given is not None else torch.empty_like(before)
+    states = [*job["states"], None, None][:2]
+    pointers = [_float_pointer(t, n) for t in (job["weight"], *states, job["factor"])]
+    job["written"] = [p != 0 for p in pointers]
+    if not pointers[0]:
+        raise ValueError("commit_layers needs float32 contiguous weights")
+    size = kernels.segments(n_kept, n_dropped, n_grown)[2] + n_grown
+    out = torch.empty(size + 4, dtype=torch.long)  # + 4: the counts
+    grown = _NONE if given is None else given
+    row = [
+        *(0, scores.data_ptr() if scores.numel() else 0, n, before.data_ptr()),
+        *(after.data_ptr(), dropped.data_ptr(), n_dropped, job["k"], job["n_cand"]),
+        *(SELECTION_SAMPLE, grown.numel(), grown.data_ptr(), n_kept),
+        *(kept.data_ptr(), job["ever"].data_ptr(), pointers[0], pointers[1], pointers[2]),
+        *(int(job["reset_fresh"]), pointers[3], out.data_ptr(), size),
+        *(out.data_ptr() + 8 * size, int(given is not None), job.get("seed", -1)),
+    ]
+    return row, after, out, n_kept, n_dropped, [scores, grown, dropped, kept]
+
+
+def _commit_results(
+    after: torch.Tensor, out: torch.Tensor, n_kept: int, n_dropped: int, alive: list
+) -> tuple[torch.Tensor, ...]:
+    """(after, grown, gone, fresh, first_time, active): views of a commit job's output."""
+    n_grown, n_gone, n_fresh, n_first = out[-4:].tolist()
+    at_gone, at_fresh, at_first = kernels.segments(n_kept, n_dropped, n_grown)
+    active = out[: n_kept + n_grown]
+    return (
+        after,
+        active[n_kept:],
+        out[at_gone : at_gone + n_gone],
+        out[at_fresh : at_fresh + n_fresh],
+        out[at_first : at_first + n_first],
+        active,
+    )
+
+
+_NONE = torch.empty(0, dtype=torch.long)
 
 
 def warm_up() -> None:
