@@ -60,6 +60,7 @@ from sparsetrain.ops import (
     group_scores,
     mean_abs_at,
     random_seed,
+    stream_seeds,
     without,
 )
 from sparsetrain.schedules import (
@@ -713,16 +714,17 @@ class SparsityController:
         new connections."""
         teamed = self._job_layers(layers)
         created, jobs = 0, []
-        for layer in layers:  # in layer order: random grows draw from the one generator
+        for layer, seed in zip(layers, self._growth_seeds(layers)):
             k = drops[layer.name]
             if layer in teamed:
                 active = self._active_units(layer)
-                job = self._commit_job(layer, k, active.numel() - min(max(k, 0), active.numel()))
+                n_kept = active.numel() - min(max(k, 0), active.numel())
+                job = self._commit_job(layer, k, n_kept, seed)
                 job["index"], job["drop"] = active, k
                 jobs.append((layer, job))
                 continue
             dropped, kept = self._drop(layer, k)
-            created += self._grow_and_commit_one(layer, dropped, kept, k)
+            created += self._grow_and_commit_one(layer, dropped, kept, k, seed)
         results = openmp.drop_and_commit_layers([job for _, job in jobs])
         for (layer, job), (dropped, kept, *changes) in zip(jobs, results):
             created += self._install_job(layer, job, dropped, kept, changes)
@@ -752,14 +754,14 @@ class SparsityController:
         the others); returns the number of new connections."""
         teamed = self._job_layers(layers)
         created, jobs = 0, []
-        for layer in layers:
-            name = layer.name
+        for layer, seed in zip(layers, self._growth_seeds(layers)):
+            name, k = layer.name, grows[layer.name]
             if layer in teamed:  # committed below, side by side with the other teamed layers
-                job = self._commit_job(layer, grows[name], kept[name].numel())
+                job = self._commit_job(layer, k, kept[name].numel(), seed)
                 job["dropped"], job["kept"] = dropped[name], kept[name]
                 jobs.append((layer, job))
                 continue
-            created += self._grow_and_commit_one(layer, dropped[name], kept[name], grows[name])
+            created += self._grow_and_commit_one(layer, dropped[name], kept[name], k, seed)
         results = openmp.commit_layers([job for _, job in jobs])
         for (layer, job), changes in zip(jobs, results):
             created += self._install_job(layer, job, job["dropped"], job["kept"], changes)
@@ -780,9 +782,17 @@ class SparsityController:
             ),
         )
 
-    def _commit_job(self, layer: _Layer, k: int, n_kept: int) -> dict:
+    def _growth_seeds(self, layers: list[_Layer]) -> list[int | None]:
+        """Random growth: each layer's seed for its draws, all from one number of the
+        generator (`ops.stream_seeds`); else None for each."""
+        if self.options.growth_mode != "random" or not layers:
+            return [None] * len(layers)
+        return stream_seeds(random_seed(self.generator), len(layers))
+
+    def _commit_job(self, layer: _Layer, k: int, n_kept: int, seed: int | None) -> dict:
         """A flat layer's grow of k units and its commit as a job for `sparsetrain.openmp`
-        (without the drop's units: the caller adds them), `n_kept` units kept by the drop."""
+        (without the drop's units: the caller adds them), `n_kept` units kept by the drop,
+        `seed` for random growth."""
         name, before = layer.name, self.masks[layer.name].reshape(-1)
         job = {
             "before": before,
@@ -794,10 +804,10 @@ class SparsityController:
             "reset_fresh": self.options.dense_gradients,
             "factor": self._factor.cached(name, self.masks[name]),
         }
-        if self.options.growth_mode != "random":
+        if seed is None:
             job["scores"] = self._grow_score(layer)
         elif 0 < k < job["n_cand"]:  # else none, or every candidate, is grown
-            job["seed"] = random_seed(self.generator)
+            job["seed"] = seed
         return job
 
     def _install_job(
@@ -815,12 +825,18 @@ class SparsityController:
         )
 
     def _grow_and_commit_one(
-        self, layer: _Layer, dropped: torch.Tensor, kept: torch.Tensor, k: int
+        self,
+        layer: _Layer,
+        dropped: torch.Tensor,
+        kept: torch.Tensor,
+        k: int,
+        seed: int | None = None,
     ) -> int:
-        """Grow k units of one layer after its drop and commit them (the one-layer path)."""
+        """Grow k units of one layer after its drop and commit them (the one-layer path;
+        `seed`: of random growth)."""
         before = self.masks[layer.name].reshape(-1, layer.group)[:, 0]
         after = without(before, dropped)  # the kept units; the grow adds its own
-        grown = self._grow(layer, after, kept.numel(), k)
+        grown = self._grow(layer, after, kept.numel(), k, seed)
         return self._commit_changes(layer, before, after, dropped, kept, grown)
 
     def _commit_changes(
@@ -860,12 +876,15 @@ class SparsityController:
         magnitude = weight.reshape(-1, layer.group)[active].abs().sum(1)
         return drop_lowest(magnitude, active, k)
 
-    def _grow(self, layer: _Layer, kept: torch.Tensor, n_kept: int, k: int) -> torch.Tensor:
+    def _grow(
+        self, layer: _Layer, kept: torch.Tensor, n_kept: int, k: int, seed: int | None = None
+    ) -> torch.Tensor:
         """Unit indices of the k units not `kept` (a unit mask) with the highest |grow score|
-        (random growth: k units drawn uniformly, = the highest of uniform random scores; these
-        may also be set in `kept`, which the commit then completes as the new mask)."""
+        (random growth: k units drawn uniformly from `seed`, = the highest of uniform random
+        scores; these may also be set in `kept`, which the commit then completes as the new
+        mask)."""
         if self.options.growth_mode == "random":
-            return grow_random_units(kept, k, self.generator, n_kept, in_place=True)
+            return grow_random_units(kept, k, self.generator, n_kept, in_place=True, seed=seed)
         if layer.group == 1:  # |score| is taken inside the selection (no copy on CPU)
             score = self._grow_score(layer).reshape(-1)
             return grow_highest_units(score, kept, k, absolute=True, n_kept=n_kept)

@@ -126,7 +126,14 @@ class TwoBig(nn.Module):
 
 @pytest.mark.parametrize(
     ("method", "optimizer"),
-    [("RigL", "sgd"), ("SNFS", "sgd"), ("SET", "sgd"), ("RigL", "adam"), ("SET", "amsgrad")],
+    [
+        ("RigL", "sgd"),
+        ("SNFS", "sgd"),
+        ("SET", "sgd"),
+        ("RigL", "adam"),
+        ("SET", "amsgrad"),
+        ("SET+redistribution", "sgd"),  # random growth in SNFS's two phases
+    ],
 )
 def test_controller_with_layer_jobs_equals_one_layer_at_a_time(method, optimizer, monkeypatch):
     """Training with the layer jobs (team or serial worker) and with the per-layer path
@@ -145,7 +152,10 @@ def test_controller_with_layer_jobs_equals_one_layer_at_a_time(method, optimizer
         else:
             opt = torch.optim.Adam(net.parameters(), lr=1e-3, amsgrad=optimizer == "amsgrad")
         kw = {"interval": 3} if method == "RigL" else {"steps_per_epoch": 3}
-        ctl = sparsetrain.sparsify(net, opt, method, density=0.1, init="ERK", total_steps=30, **kw)
+        if method == "SET+redistribution":
+            kw["redistribution_mode"] = "momentum"
+        name = method.split("+")[0]
+        ctl = sparsetrain.sparsify(net, opt, name, density=0.1, init="ERK", total_steps=30, **kw)
         calls = []
         with monkeypatch.context() as m, team(mode == "team"):
             if mode == "per-layer":
@@ -163,10 +173,10 @@ def test_controller_with_layer_jobs_equals_one_layer_at_a_time(method, optimizer
                 opt.zero_grad()
                 F.cross_entropy(net(x), y).backward()
                 opt.step()
-                if method != "RigL" and step % 3 == 2:
+                if name != "RigL" and step % 3 == 2:
                     ctl.end_epoch()
         # RigL and SET: one job per layer; SNFS: a drop job, then a commit job
-        want = ["commit", "drop"] if method == "SNFS" else ["drop_commit"]
+        want = ["drop_commit"] if method in ("RigL", "SET") else ["commit", "drop"]
         assert sorted(set(calls)) == (want if mode != "per-layer" else [])
         return net, opt, ctl
 

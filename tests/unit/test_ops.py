@@ -24,6 +24,7 @@ from sparsetrain.ops import (
     select_highest,
     select_lowest,
     split_positions,
+    stream_seeds,
     where_flag,
     without,
 )
@@ -329,6 +330,28 @@ def test_random_positions_uniform_exact_and_deterministic(kernel):
     assert ((counts[cand] - expected).abs() < 5 * sigma).all(), counts
     assert many.numel() == 20_000 and bool(big[many].all())
     assert bool((many[1:] > many[:-1]).all())  # ascending, hence distinct
+
+
+@pytest.mark.parametrize("kernel", BACKENDS)
+def test_random_positions_from_a_seed_leave_the_generator_alone(kernel):
+    """A `seed` replaces the generator (one number of it serves a whole update): the draws
+    are a function of the seed alone, and the generator is not advanced."""
+    cand = torch.rand(50_000, generator=torch.Generator().manual_seed(3)) < 0.7
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    with backend(kernel):
+        a = random_positions(cand, 1000, g, seed=12345)
+        b = random_positions(cand, 1000, torch.Generator().manual_seed(9), seed=12345)
+        c = random_positions(cand, 1000, g, seed=54321)
+    assert torch.equal(g.get_state(), state)
+    assert torch.equal(a, b) and not torch.equal(a, c) and bool(cand[a].all())
+
+
+def test_stream_seeds_are_deterministic_distinct_and_in_range():
+    seeds = stream_seeds(7, 1000)
+    assert seeds == stream_seeds(7, 1000) and seeds[:10] == stream_seeds(7, 10)
+    assert len(set(seeds)) == 1000 and all(0 <= s < 1 << 62 for s in seeds)
+    assert stream_seeds(8, 1000) != seeds
 
 
 def test_counter_based_draws_are_uniform_and_raise_when_too_few_are_free():

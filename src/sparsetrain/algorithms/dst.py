@@ -80,12 +80,14 @@ def grow_random_units(
     generator: torch.Generator | None = None,
     n_kept: int | None = None,
     in_place: bool = False,
+    seed: int | None = None,
 ) -> torch.Tensor:
     """Indices of k units drawn uniformly from those not `kept` (a 1-D bool unit mask; SET's
-    grow). With `in_place` the drawn units may also be set in `kept` (scratch)."""
+    grow). With `in_place` the drawn units may also be set in `kept` (scratch); a `seed`
+    replaces `generator` (`ops.random_positions`)."""
     n_cand = None if n_kept is None else kept.numel() - n_kept
     return random_positions(
-        kept, k, generator, n_candidates=n_cand, in_place=in_place, exclude=True
+        kept, k, generator, n_candidates=n_cand, in_place=in_place, exclude=True, seed=seed
     )
 
 
