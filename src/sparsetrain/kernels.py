@@ -565,9 +565,8 @@ def _commit_units(before, after, dropped, grown, targets, out, counts):
     _copy(kept, out)
     _copy(grown, out, n_kept)
     n_gone = _where_flag_into(dropped, after, 0, out, at_gone)
-    n_fresh = _where_flag_into(grown, before, 0, out, at_fresh)
+    n_fresh, n_first = _fresh_into(grown, before, ever, out, at_fresh, at_first)
     fresh = out[at_fresh : at_fresh + n_fresh]
-    n_first = _where_flag_into(fresh, ever, 0, out, at_first)
     for i in out[at_first : at_first + n_first]:
         ever[i] = 1
     gone = out[at_gone : at_gone + n_gone]
@@ -718,8 +717,24 @@ def _index_changes(before, after, dropped, grown, ever):
     for g in grown:
         after[g] = 1
     gone = _where_flag(dropped, after, 0)
-    fresh = _where_flag(grown, before, 0)
-    return gone, fresh, _where_flag(fresh, ever, 0)
+    lists = np.empty(2 * grown.shape[0], np.int64)
+    n_fresh, n_first = _fresh_into(grown, before, ever, lists, 0, grown.shape[0])
+    return gone, lists[:n_fresh], lists[grown.shape[0] : grown.shape[0] + n_first]
+
+
+@_jit(checked=True)
+def _fresh_into(grown, before, ever, out, at_fresh, at_first):
+    """The grown units inactive in `before` (fresh) to out[at_fresh:], those of them not in
+    `ever` to out[at_first:] (one loop: both reads of a unit in flight together); their
+    numbers."""
+    n_fresh, n_first = at_fresh, at_first
+    for g in grown:  # branch-free: every entry written, the wanted kept
+        out[n_fresh] = g
+        out[n_first] = g
+        fresh = before[g] == 0
+        n_fresh += fresh
+        n_first += fresh & (ever[g] == 0)
+    return n_fresh - at_fresh, n_first - at_first
 
 
 @_jit(checked=True)
