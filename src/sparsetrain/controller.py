@@ -685,86 +685,73 @@ class SparsityController:
 
         Works on unit indices (`algorithms.dst` index form): the drop looks at the active
         units only, the grow makes one pass over the layer's scores. Layers are independent
-        apart from SNFS's redistribution, settled between the drop and the grow phase; on CPU
-        the flat layers run side by side on PyTorch's OpenMP threads (`sparsetrain.openmp`:
-        each layer's drop, grow and commit in one job, or with SNFS one job per phase), the
-        same selections as one at a time."""
+        apart from SNFS's redistribution, which needs only each layer's drop count, kept
+        count and mean |momentum| over its active units, all known before any drop; on CPU
+        each flat layer's drop, grow and commit is one job, and the layers' jobs run side by
+        side on PyTorch's OpenMP threads (`sparsetrain.openmp`), the same selections as one
+        at a time."""
         layers = self._dynamic()
         drops = {layer.name: round(alpha * self._active_units(layer).numel()) for layer in layers}
-        if self.options.redistribution_mode != "momentum" or not layers:
-            return self._update_layers(layers, drops)
-        dropped, kept, momentum_scores = self._drop_all(layers, drops)
-        scores, capacity = {}, {}
-        for layer in layers:
-            buffer = optim_state.momentum(self.optimizer, layer.param)
-            if layer.name in momentum_scores:
-                scores[layer.name] = momentum_scores[layer.name]
-            else:  # a gather of the cached active indices, not a pass over the layer
-                active = self._active_units(layer)  # group 1: needs flat masks
-                scores[layer.name] = (
-                    mean_abs_at(buffer.reshape(-1), active) if buffer is not None else 0.0
-                )
-            capacity[layer.name] = layer.param.numel() // layer.group - kept[layer.name].numel()
-        grows = redistribute(sum(drops.values()), scores, capacity)
-        return self._grow_and_commit_all(layers, dropped, kept, grows)
+        grows = drops
+        if self.options.redistribution_mode == "momentum" and layers:
+            capacity = {
+                layer.name: layer.param.numel() // layer.group
+                - (self._active_units(layer).numel() - self._dropped_count(layer, drops))
+                for layer in layers
+            }
+            grows = redistribute(sum(drops.values()), self._momentum_scores(layers), capacity)
+        return self._update_layers(layers, drops, grows)
 
-    def _update_layers(self, layers: list[_Layer], drops: dict[str, int]) -> int:
-        """Drop k = `drops[name]` units of each layer and grow as many: the job layers
+    def _dropped_count(self, layer: _Layer, drops: dict[str, int]) -> int:
+        """How many units the drop of `drops[layer.name]` really removes (0 to all active)."""
+        return min(max(drops[layer.name], 0), self._active_units(layer).numel())
+
+    def _momentum_scores(self, layers: list[_Layer]) -> dict[str, float]:
+        """SNFS's layer scores: the mean |momentum| over each layer's active units (0 without
+        momentum yet); the large flat layers' sums side by side (`openmp.abs_sum_layers`)."""
+        buffers = {
+            layer.name: optim_state.momentum(self.optimizer, layer.param) for layer in layers
+        }
+        teamed = self._teamed(
+            [layer for layer in layers if buffers[layer.name] is not None],
+            lambda layer: buffers[layer.name],
+            lambda layer: buffers[layer.name].is_contiguous(),
+        )
+        sums = openmp.abs_sum_layers(
+            [(buffers[t.name].reshape(-1), self._active_units(t)) for t in teamed]
+        )
+        summed = {t.name: total for t, total in zip(teamed, sums)}
+        scores = {}
+        for layer in layers:
+            buffer, active = buffers[layer.name], self._active_units(layer)  # group 1: flat
+            if buffer is None:
+                scores[layer.name] = 0.0
+            elif layer.name in summed and active.numel():
+                scores[layer.name] = summed[layer.name] / active.numel()
+            else:  # a gather of the cached active indices, not a pass over the layer
+                scores[layer.name] = mean_abs_at(buffer.reshape(-1), active)
+        return scores
+
+    def _update_layers(
+        self, layers: list[_Layer], drops: dict[str, int], grows: dict[str, int]
+    ) -> int:
+        """Drop `drops[name]` units of each layer and grow `grows[name]`: the job layers
         (`_job_layers`) in one team call, the others one at a time; returns the number of
         new connections."""
         teamed = self._job_layers(layers)
         created, jobs = 0, []
         for layer, seed in zip(layers, self._growth_seeds(layers)):
-            k = drops[layer.name]
+            k, n_kept = grows[layer.name], self._active_units(layer).numel()
             if layer in teamed:
-                active = self._active_units(layer)
-                n_kept = active.numel() - min(max(k, 0), active.numel())
-                job = self._commit_job(layer, k, n_kept, seed)
-                job["index"], job["drop"] = active, k
+                job = self._commit_job(layer, k, n_kept - self._dropped_count(layer, drops), seed)
+                job["index"], job["drop"] = self._active_units(layer), drops[layer.name]
                 jobs.append((layer, job))
                 continue
-            dropped, kept = self._drop(layer, k)
+            dropped, kept = self._drop(layer, drops[layer.name])
             created += self._grow_and_commit_one(layer, dropped, kept, k, seed)
         results = openmp.drop_and_commit_layers([job for _, job in jobs])
         for (layer, job), (dropped, kept, *changes) in zip(jobs, results):
             created += self._install_job(layer, job, dropped, kept, changes)
-        return created
-
-    def _drop_all(self, layers: list[_Layer], drops: dict[str, int]) -> tuple[dict, dict, dict]:
-        """SNFS's drop phase: (dropped, kept, the mean |momentum| of the active weights where
-        the team computed it) per layer name."""
-        dropped, kept, momentum_scores = {}, {}, {}
-        teamed = self._teamed(layers, lambda layer: layer.param)
-        if teamed:
-            jobs = [(t.param.reshape(-1), self._active_units(t), drops[t.name]) for t in teamed]
-            summed = [optim_state.momentum(self.optimizer, t.param) for t in teamed]
-            for t, (d, k, score) in zip(teamed, openmp.drop_lowest_abs_layers(jobs, summed)):
-                dropped[t.name], kept[t.name] = d, k
-                if score is not None:
-                    momentum_scores[t.name] = score
-        for layer in layers:
-            if layer.name not in dropped:
-                dropped[layer.name], kept[layer.name] = self._drop(layer, drops[layer.name])
-        return dropped, kept, momentum_scores
-
-    def _grow_and_commit_all(
-        self, layers: list[_Layer], dropped: dict, kept: dict, grows: dict[str, int]
-    ) -> int:
-        """SNFS's grow phase: grow and commit every layer (the job layers side by side, after
-        the others); returns the number of new connections."""
-        teamed = self._job_layers(layers)
-        created, jobs = 0, []
-        for layer, seed in zip(layers, self._growth_seeds(layers)):
-            name, k = layer.name, grows[layer.name]
-            if layer in teamed:  # committed below, side by side with the other teamed layers
-                job = self._commit_job(layer, k, kept[name].numel(), seed)
-                job["dropped"], job["kept"] = dropped[name], kept[name]
-                jobs.append((layer, job))
-                continue
-            created += self._grow_and_commit_one(layer, dropped[name], kept[name], k, seed)
-        results = openmp.commit_layers([job for _, job in jobs])
-        for (layer, job), changes in zip(jobs, results):
-            created += self._install_job(layer, job, job["dropped"], job["kept"], changes)
         return created
 
     def _job_layers(self, layers: list[_Layer]) -> list[_Layer]:
@@ -813,8 +800,8 @@ class SparsityController:
     def _install_job(
         self, layer: _Layer, job: dict, dropped: torch.Tensor, kept: torch.Tensor, changes: list
     ) -> int:
-        """`_commit_layer` for a layer the job committed (`changes`: `openmp.commit_layers`'
-        result); returns its new connections."""
+        """`_commit_layer` for a layer the job committed (`changes`: the commit part of
+        `openmp.drop_and_commit_layers`' result); returns its new connections."""
         after, grown, gone, fresh, new_to_ever, active = changes
         torch.autograd.graph.increment_version(layer.param)  # written in place by the job
         return self._commit_layer(
@@ -907,7 +894,7 @@ class SparsityController:
         """Commit one layer's drop-and-grow index changes (`ops.apply_index_changes`: the new
         unit mask `after`, the units gone, fresh and new to the ever-active record); returns
         its new connections. `written`: which of weight, first two optimizer states and float
-        mask `openmp.commit_layers` already wrote; `active`: the new active units it listed.
+        mask the layer's job already wrote; `active`: the new active units it listed.
 
         Only the touched units are written: by the invariant of `_masks_replaced`, inactive
         weights (and, with masked gradients, their optimizer state) are already 0, so zeroing

@@ -14,8 +14,9 @@ the magnitudes below the bracket collects the few inside it, so one quickselect 
 split finish the drop (about 10 % faster than gather, selection and split as separate calls);
 its collecting and splitting passes visit set bits the same way.
 
-`_drop_lowest_abs` and `_grow_and_commit` are also the jobs `sparsetrain.openmp` runs for
-several layers side by side, on PyTorch's own OpenMP threads.
+`_drop_lowest_abs` then `_grow_and_commit` make the job (per layer) that `sparsetrain.openmp`
+runs for several layers side by side, on PyTorch's own OpenMP threads; the jobs and their
+worker are compiled here too (numba's disk cache checks a function's own file only).
 
 Used for CPU tensors when numba is installed (a dependency); CUDA tensors, and environments
 without numba or with `SPARSETRAIN_NUMBA=0`, use the PyTorch path. Both are tested to give
@@ -91,8 +92,7 @@ def drop_lowest_abs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`ops.drop_lowest_abs` for a 1-D CPU float array: gather, select and split in one call."""
     dropped, kept = np.empty(k, np.int64), np.empty(index.shape[0] - k, np.int64)
-    vals = values.detach().contiguous().numpy()
-    _drop_lowest_abs(vals, index.numpy(), k, sample, dropped, kept, vals[:0])
+    _drop_lowest_abs(values.detach().contiguous().numpy(), index.numpy(), k, sample, dropped, kept)
     return torch.from_numpy(dropped), torch.from_numpy(kept)
 
 
@@ -412,38 +412,29 @@ def _best_positions(vals, cand, skip, ties, k, n_cand, largest, absolute, sample
 
 
 @_jit(checked=True)
-def _abs_keys(vals, index, summed):
-    """|vals[index]|, NaN as +inf, and the float64 sum of |summed[index]| (0 if `summed` is
-    empty: SNFS's momentum, gathered in the same loop; checked: `index` is the caller's)."""
+def _abs_keys(vals, index):
+    """|vals[index]|, NaN as +inf (checked: `index` comes from the caller)."""
     keys = np.empty(index.shape[0], vals.dtype)
-    total = 0.0
-    if summed.shape[0]:
-        for j in range(index.shape[0]):
-            a = abs(vals[index[j]])
-            keys[j] = a if a == a else np.inf
-            total += abs(summed[index[j]])
-        return keys, total
     for j in range(index.shape[0]):
         a = abs(vals[index[j]])
         keys[j] = a if a == a else np.inf
-    return keys, total
+    return keys
 
 
 @_jit
-def _drop_lowest_abs(vals, index, k, sample, dropped, kept, summed):
+def _drop_lowest_abs(vals, index, k, sample, dropped, kept):
     """The drop's selection fused (ranks as `_best_positions` on -|vals[index]|), into
     `dropped` (k entries) and `kept` (the rest): a gather, a strided sample that brackets the
     k-th smallest magnitude, one pass that counts the magnitudes below the bracket and
     collects the few inside it, the exact k-th among those, and a split pass. NaN ranks as
     +inf (dropped last); ties go to the lower index. The collecting and splitting passes flag
-    in L1-sized chunks and visit set bits (`_compact`). Returns the sum of |summed[index]|
-    (see `_abs_keys`)."""
+    in L1-sized chunks and visit set bits (`_compact`)."""
     c = index.shape[0]
     if k <= 0 or k >= c:
         _copy(index[: dropped.shape[0]], dropped)
         _copy(index[dropped.shape[0] :], kept)
-        return _abs_sum_at(summed, index) if summed.shape[0] else 0.0
-    keys, total = _abs_keys(vals, index, summed)
+        return
+    keys = _abs_keys(vals, index)
     lo, hi = -np.inf, np.inf
     stride = _prime_at_least(c // sample)
     if c >= 4 * sample:
@@ -488,7 +479,7 @@ def _drop_lowest_abs(vals, index, k, sample, dropped, kept, summed):
         take[ties[np.argsort(index[ties], kind="mergesort")[:need_ties]]] = True
         _copy(index[take], dropped)
         _copy(index[~take], kept)
-        return total
+        return
     d = n_kept = 0
     for start in range(0, c, _CHUNK):  # split: dropped are the set bits, kept the clear ones
         chunk, chunk_index = keys[start : start + _CHUNK], index[start : start + _CHUNK]
@@ -504,46 +495,27 @@ def _drop_lowest_abs(vals, index, k, sample, dropped, kept, summed):
             rest = ~bits if valid >= 64 else ~bits & ((one << np.uint64(valid)) - one)
             d = _append_bits(bits, 64 * b, chunk_index, dropped, d)
             n_kept = _append_bits(rest, 64 * b, chunk_index, kept, n_kept)
-    return total
 
 
 @_jit
-def _grow_and_commit(
-    vals,
-    seed,
-    given,
-    before,
-    after,
-    dropped,
-    k,
-    n_cand,
-    sample,
-    grown,
-    targets,
-    out,
-    counts,
-):
-    """A layer's whole grow and commit in the index form (`targets`: see `_commit_units`).
-    Unless `grown` is `given` (with `after`: `before` without `dropped`, the grown set),
+def _grow_and_commit(vals, seed, before, after, dropped, k, n_cand, sample, targets, out, counts):
+    """A layer's whole grow and commit in the index form (`targets`: see `_commit_units`):
     `after` = `before` without `dropped`, and k of the n_cand units not in it are grown (all
     if fewer): drawn uniformly from counter `seed` if it is >= 0 (SET, `_draw_free`), else
     the k best by |vals|. Then `_commit_units`."""
-    if not given:
-        _copy(before, after)
-        for d in dropped:
-            after[d] = 0
-        if k <= 0:
-            grown = np.empty(0, np.int64)
-        elif k >= n_cand:
-            grown = np.flatnonzero(after == 0)
-        elif seed >= 0:
-            grown = np.empty(k, np.int64)
-            _draw_free(seed, after, k, np.uint8(1), grown)
-            grown = _sort_indices(grown, before.shape[0])
-        else:
-            grown = _best_positions(
-                vals, after, np.uint8(1), _no_index, k, n_cand, True, True, sample
-            )
+    _copy(before, after)
+    for d in dropped:
+        after[d] = 0
+    if k <= 0:
+        grown = np.empty(0, np.int64)
+    elif k >= n_cand:
+        grown = np.flatnonzero(after == 0)
+    elif seed >= 0:
+        grown = np.empty(k, np.int64)
+        _draw_free(seed, after, k, np.uint8(1), grown)
+        grown = _sort_indices(grown, before.shape[0])
+    else:
+        grown = _best_positions(vals, after, np.uint8(1), _no_index, k, n_cand, True, True, sample)
     _commit_units(before, after, dropped, grown, targets, out, counts)
 
 
@@ -752,7 +724,7 @@ def _apply_index_changes(before, after, dropped, grown, ever):
 #: kind (the position in JOBS)]
 HEADER = 4
 #: the width of a drop job's row (`_drop_job`)
-DROP_ROW = 11
+DROP_ROW = 9
 
 
 if numba is not None:
@@ -790,47 +762,47 @@ if numba is not None:
         return types.int64(address), codegen
 
     @_jit
+    def _sum_job(row):
+        # row: [done, values, n, index, c, sum]: the float64 sum of |values[index]| to `sum`
+        values = carray(_f32(row[1]), (row[2],))
+        carray(_f64(row[5]), (1,))[0] = _abs_sum_at(values, carray(_i64(row[3]), (row[4],)))
+
+    @_jit
     def _drop_job(row):
-        # row: [done, values, n, index, c, k, dropped, kept, sample, summed, sum]: `summed`
-        # (0: none) is a second array of n float32 whose |.| is summed at `index` into `sum`
+        # row: [done, values, n, index, c, k, dropped, kept, sample]
         values = carray(_f32(row[1]), (row[2],))
         index = carray(_i64(row[3]), (row[4],))
         k = row[5]
         dropped = carray(_i64(row[6]), (k,))
         kept = carray(_i64(row[7]), (row[4] - k,))
-        summed = carray(_f32(row[9]), (row[2] if row[9] else 0,))
-        total = _drop_lowest_abs(values, index, k, row[8], dropped, kept, summed)
-        if row[9]:
-            carray(_f64(row[10]), (1,))[0] = total
+        _drop_lowest_abs(values, index, k, row[8], dropped, kept)
 
     @_jit
     def _commit_job(row):
-        # row: done, scores, n, before, after, dropped, n_dropped, k, n_cand, sample,
-        # n_grown_given, grown, n_kept, kept, ever, weight, state0, state1, reset_fresh,
-        # factor, out, out size, counts, given, seed (< 0: none; a pointer 0: absent)
-        n, n_dropped, n_grown, n_kept = row[2], row[6], row[10], row[12]
+        # row: done, scores, n, before, after, dropped, n_dropped, k, n_cand, sample, n_kept,
+        # kept, ever, weight, state0, state1, reset_fresh, factor, out, out size, counts,
+        # seed (< 0: none; a pointer 0: absent)
+        n, n_dropped, n_kept = row[2], row[6], row[10]
         _grow_and_commit(
             carray(_f32(row[1]), (n if row[1] else 0,)),
-            row[24],
-            row[23] != 0,
+            row[21],
             carray(_u8(row[3]), (n,)),
             carray(_u8(row[4]), (n,)),
             carray(_i64(row[5]), (n_dropped,)),
             row[7],
             row[8],
             row[9],
-            carray(_i64(row[11]), (n_grown,)),
             (
-                carray(_i64(row[13]), (n_kept,)),
-                carray(_u8(row[14]), (n,)),
-                carray(_f32(row[15]), (n,)),
-                carray(_f32(row[16]), (n if row[16] else 0,)),
+                carray(_i64(row[11]), (n_kept,)),
+                carray(_u8(row[12]), (n,)),
+                carray(_f32(row[13]), (n,)),
+                carray(_f32(row[14]), (n if row[14] else 0,)),
+                carray(_f32(row[15]), (n if row[15] else 0,)),
+                row[16] != 0,
                 carray(_f32(row[17]), (n if row[17] else 0,)),
-                row[18] != 0,
-                carray(_f32(row[19]), (n if row[19] else 0,)),
             ),
-            carray(_i64(row[20]), (row[21],)),
-            carray(_i64(row[22]), (4,)),
+            carray(_i64(row[18]), (row[19],)),
+            carray(_i64(row[20]), (4,)),
         )
 
     def _work(data):
@@ -845,9 +817,7 @@ if numba is not None:
             if j >= header[1]:
                 break
             if header[3] == 0:
-                _drop_job(table[j])
-            elif header[3] == 1:
-                _commit_job(table[j])
+                _sum_job(table[j])
             else:
                 _drop_and_commit_job(table[j])
             table[j, 0] = 1
@@ -859,4 +829,4 @@ if numba is not None:
         _commit_job(row[DROP_ROW:])
 
     #: the job kinds of a table, by name (a table's kind is the position here)
-    JOBS = {"drop": _drop_job, "commit": _commit_job, "drop_commit": _drop_and_commit_job}
+    JOBS = {"sum": _sum_job, "drop_commit": _drop_and_commit_job}

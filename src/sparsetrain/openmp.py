@@ -9,8 +9,9 @@ PyTorch loaded) runs a compiled worker on each thread of PyTorch's team, and the
 take the layers from a shared counter, largest first. Two 1M-weight layers then update in
 about 0.6 of the time one thread takes.
 
-Each job reads its inputs and writes only buffers allocated for it, so the results are the
-serial ones, bit for bit; the same compiled worker runs serially when PyTorch has one thread,
+A job is one layer's whole drop, grow and commit (or, first, SNFS's momentum sum): it reads
+its layer and writes only that layer's tensors and buffers allocated for it, so the results are
+the serial ones, bit for bit; the same compiled worker runs serially when PyTorch has one thread,
 its runtime is not found (not Linux, not OpenMP), or `SPARSETRAIN_OPENMP=0`. A job that
 fails (a bug) leaves its "done" flag unset, and the caller re-runs it on the serial path,
 which raises the real error.
@@ -109,56 +110,36 @@ def usable(values: torch.Tensor) -> bool:
     return cfunc is not None and kernels.usable(values) and values.dtype == torch.float32
 
 
-def drop_lowest_abs_layers(
-    jobs: list[tuple[torch.Tensor, torch.Tensor, int]],
-    summed: list[torch.Tensor | None] | None = None,
-    sample: int = SELECTION_SAMPLE // 2,
-) -> list[tuple[torch.Tensor, torch.Tensor, float | None]]:
-    """`ops.drop_lowest_abs` of several layers' (values, index, k), side by side: for each,
-    (dropped, kept, mean): `values` float32 (`usable`), `index` int64, all on CPU; `mean` is
-    `ops.mean_abs_at(summed[j], index)` for a float32 tensor `summed[j]` of the same size
-    (SNFS's momentum), else None."""
-    summed = summed or [None] * len(jobs)
+def abs_sum_layers(jobs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+    """The float64 sum of |values[index]| of several layers' (values, index), side by side
+    (SNFS's layer scores: the momentum at the active units): `values` float32 (`usable`),
+    `index` int64, on CPU; the same sums as `kernels.abs_sum_at`."""
     sums = np.zeros(len(jobs), np.float64)
-    drops = [
-        _drop_row(values, index, k, extra, sums.ctypes.data + 8 * j, sample)
-        for j, ((values, index, k), extra) in enumerate(zip(jobs, summed))
-    ]
-    run("drop", [drop[0] for drop in drops], [index.numel() for _, index, _ in jobs])
-    results = []
-    for j, ((_, dropped, kept, fused, _), extra) in enumerate(zip(drops, summed)):
-        index = jobs[j][1]
-        if extra is None:
-            mean = None
-        elif not fused or index.numel() == 0:  # not float32 contiguous: the one-layer path
-            mean = ops.mean_abs_at(extra.reshape(-1), index)
-        else:
-            mean = float(sums[j]) / index.numel()
-        results.append((dropped, kept, mean))
-    return results
+    rows, alive = [], []
+    for j, (values, index) in enumerate(jobs):
+        values, index = values.detach().contiguous(), index.contiguous()
+        alive += [values, index]  # the tensors behind the row's pointers, until run
+        row = [0, values.data_ptr(), values.numel(), index.data_ptr(), index.numel()]
+        rows.append([*row, sums.ctypes.data + 8 * j])
+    run("sum", rows, [index.numel() for _, index in jobs])
+    return sums.tolist()
 
 
 def _drop_row(
-    values: torch.Tensor,
-    index: torch.Tensor,
-    k: int,
-    extra: torch.Tensor | None,
-    sum_address: int,
-    sample: int,
-) -> tuple[list[int], torch.Tensor, torch.Tensor, bool, list[torch.Tensor]]:
-    """A drop job's table row (see `kernels._drop_job`), its dropped and kept outputs,
-    whether `extra` is summed in the job, and the tensors behind the row's pointers (to keep
+    values: torch.Tensor, index: torch.Tensor, k: int, sample: int
+) -> tuple[list[int], torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """A drop's table row (see `kernels._drop_job`: `ops.drop_lowest_abs` of values[index],
+    k units), its dropped and kept outputs, and the tensors behind the row's pointers (to keep
     alive until the job has run)."""
     values, index = values.detach().contiguous(), index.contiguous()
     k = min(max(k, 0), index.numel())
     dropped = torch.empty(k, dtype=torch.long)
     kept = torch.empty(index.numel() - k, dtype=torch.long)
-    extra_pointer = _float_pointer(extra, values.numel())
     row = [
         *(0, values.data_ptr(), values.numel(), index.data_ptr(), index.numel(), k),
-        *(dropped.data_ptr(), kept.data_ptr(), sample, extra_pointer, sum_address),
+        *(dropped.data_ptr(), kept.data_ptr(), sample),
     ]
-    return row, dropped, kept, extra_pointer != 0 or extra is None, [values, index]
+    return row, dropped, kept, [values, index]
 
 
 def _float_pointer(tensor: torch.Tensor | None, n: int) -> int:
@@ -173,32 +154,22 @@ def _float_pointer(tensor: torch.Tensor | None, n: int) -> int:
     return tensor.data_ptr() if usable_here else 0
 
 
-def commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor, ...]]:
-    """The grows and commits of several layers, side by side. A job has `before` (the 1-D
-    bool unit mask), `dropped`, `kept`, `k`, `n_cand`, `ever`, `weight`, `states`,
-    `reset_fresh` and `factor` (see `kernels._commit_units`), and how to grow: `scores`
-    (float32: the k best by |score|), `seed` (SET: k units drawn uniformly, as
-    `ops.random_positions` with that seed), or `grown` with `after` (`ops.without(before,
-    dropped)`, the grown set). For each, (after, grown, gone, fresh, first_time, active), as
-    `dst.grow_highest_units` (absolute), `ops.apply_index_changes` and the controller's
-    writes, `ever` included (first_time marked). Weights, states and the float mask must be
-    float32 and contiguous (`usable`), else the caller writes them: `written` in each job
-    tells which were."""
-    commits = [_commit_row(job, job["dropped"], job["kept"]) for job in jobs]
-    run("commit", [commit[0] for commit in commits], [job["before"].numel() for job in jobs])
-    return [_commit_results(*commit[1:]) for commit in commits]
-
-
 def drop_and_commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor, ...]]:
-    """Each layer's drop and then its grow and commit, in one job (methods without a step
-    between them that needs every layer's drop, i.e. all but SNFS's redistribution): a job
-    is a `commit_layers` job whose `dropped` and `kept` are replaced by `index` and `drop`,
-    the drop of `drop_lowest_abs_layers` on the layer's `weight`. For each, (dropped, kept)
-    and then `commit_layers`' result."""
+    """Each layer's drop and then its grow and commit, as one job per layer, side by side.
+    A job has the drop's `index` (the active units) and `drop` (how many of them, by lowest
+    |weight|, as `ops.drop_lowest_abs`), `before` (the 1-D bool unit mask), `k` (units to
+    grow), `n_cand` (units not kept), `ever`, `weight`, `states`, `reset_fresh` and `factor`
+    (see `kernels._commit_units`), and how to grow: `scores` (float32: the k best by |score|),
+    or `seed` (SET: k units drawn uniformly, as `ops.random_positions` with that seed). For
+    each, (dropped, kept, after, grown, gone, fresh, first_time, active), as
+    `ops.drop_lowest_abs`, `dst.grow_highest_units` (absolute), `ops.apply_index_changes` and
+    the controller's writes, `ever` included (first_time marked). Weights, states and the
+    float mask must be float32 and contiguous (`usable`), else the caller writes them:
+    `written` in each job tells which were."""
     rows, done = [], []
     for job in jobs:
-        row, dropped, kept, _, alive = _drop_row(
-            job["weight"], job["index"], job["drop"], None, 0, SELECTION_SAMPLE // 2
+        row, dropped, kept, alive = _drop_row(
+            job["weight"], job["index"], job["drop"], SELECTION_SAMPLE // 2
         )
         commit = _commit_row(job, dropped, kept)
         rows.append(row + commit[0])
@@ -212,28 +183,26 @@ def _commit_row(job: dict, dropped: torch.Tensor, kept: torch.Tensor) -> tuple:
     needs, and the tensors behind the row's pointers (kept alive with the outputs)."""
     before = job["before"]
     n, n_dropped, n_kept = before.numel(), dropped.numel(), kept.numel()
-    given = job.get("grown")
     scores = job.get("scores")
     scores = _NONE if scores is None else scores.detach().reshape(-1).contiguous()
-    n_grown = given.numel() if given is not None else min(max(job["k"], 0), job["n_cand"])
-    after = job["after"] if given is not None else torch.empty_like(before)
+    n_grown = min(max(job["k"], 0), job["n_cand"])
+    after = torch.empty_like(before)
     states = [*job["states"], None, None][:2]
     pointers = [_float_pointer(t, n) for t in (job["weight"], *states, job["factor"])]
     job["written"] = [p != 0 for p in pointers]
     if not pointers[0]:
-        raise ValueError("commit_layers needs float32 contiguous weights")
+        raise ValueError("drop_and_commit_layers needs float32 contiguous weights")
     size = kernels.segments(n_kept, n_dropped, n_grown)[2] + n_grown
     out = torch.empty(size + 4, dtype=torch.long)  # + 4: the counts
-    grown = _NONE if given is None else given
     row = [
         *(0, scores.data_ptr() if scores.numel() else 0, n, before.data_ptr()),
         *(after.data_ptr(), dropped.data_ptr(), n_dropped, job["k"], job["n_cand"]),
-        *(SELECTION_SAMPLE, grown.numel(), grown.data_ptr(), n_kept),
+        *(SELECTION_SAMPLE, n_kept),
         *(kept.data_ptr(), job["ever"].data_ptr(), pointers[0], pointers[1], pointers[2]),
         *(int(job["reset_fresh"]), pointers[3], out.data_ptr(), size),
-        *(out.data_ptr() + 8 * size, int(given is not None), job.get("seed", -1)),
+        *(out.data_ptr() + 8 * size, job.get("seed", -1)),
     ]
-    return row, after, out, n_kept, n_dropped, [scores, grown, dropped, kept]
+    return row, after, out, n_kept, n_dropped, [scores, dropped, kept]
 
 
 def _commit_results(
@@ -267,15 +236,12 @@ def warm_up() -> None:
     mask = torch.rand(n, generator=g) < 0.2
     weight, scores = torch.randn(n, generator=g), torch.randn(n, generator=g)
     active = mask.nonzero().squeeze(1)
-    for values, index, k in [(weight, active, active.numel() // 3)] * 2:
-        ops.drop_lowest_abs(values, index, k)
-    (dropped, kept, _), _ = drop_lowest_abs_layers(
-        [(weight, active, active.numel() // 3)] * 2, [scores, None]
-    )
+    dropped, kept = ops.drop_lowest_abs(weight, active, active.numel() // 3)
+    abs_sum_layers([(scores, active)] * 2)
     job = {
+        "index": active,
+        "drop": dropped.numel(),
         "before": mask,
-        "dropped": dropped,
-        "kept": kept,
         "k": dropped.numel(),
         "n_cand": n - kept.numel(),
         "ever": mask.clone(),
@@ -284,11 +250,10 @@ def warm_up() -> None:
         "reset_fresh": False,
         "factor": mask.float(),
     }
-    commit_layers([{**job, "scores": scores}, {**job, "seed": ops.random_seed(g)}])
+    drop_and_commit_layers([{**job, "scores": scores}, {**job, "seed": ops.random_seed(g)}])
     after = ops.without(mask, dropped)
     grown = ops.random_positions(after, dropped.numel(), g, in_place=True, exclude=True)
-    commit_layers([{**job, "grown": grown, "after": after}])
-    ops.apply_index_changes(mask, ops.without(mask, dropped), dropped, grown, mask.clone())
+    ops.apply_index_changes(mask, after, dropped, grown, mask.clone())
     ops.best_positions(scores, 10, largest=True, candidates=mask, absolute=True)
     ops.best_positions(scores, 10, largest=True, candidates=mask, exclude=True, absolute=True)
     ops.mean_abs_at(scores, active)

@@ -49,50 +49,44 @@ def _layers(seed: int, sizes=(70_000, 120_000, 3_000)):
 def test_layer_jobs_equal_the_per_layer_ops(on, fraction):
     """Drop, grow and index changes of several layers at once (ties, k = 0, k = all, more
     growth than candidates) give exactly what the per-layer operators give."""
-    layers = _layers(int(fraction * 10))
-    drops = [(w, m.nonzero().squeeze(1), round(fraction * int(m.sum()))) for w, m, _, _ in layers]
-    momenta = [torch.randn(w.numel()) for w, _, _, _ in layers]
-    with team(on):
-        dropped_kept = openmp.drop_lowest_abs_layers(drops, momenta)
-    for (_, index, _), momentum, (*_, mean) in zip(drops, momenta, dropped_kept):
-        assert mean == mean_abs_at(momentum, index)  # SNFS's layer score, fused
     jobs, ever_before = [], []
-    for (weight, mask, ever, score), (dropped, kept, _) in zip(layers, dropped_kept):
-        k = dropped.numel() + 5_000  # at fraction 1.0: beyond the candidates of the small one
-        state, factor = torch.randn(mask.numel()), mask.float()
+    for weight, mask, ever, score in _layers(int(fraction * 10)):
+        active = mask.nonzero().squeeze(1)
+        drop = round(fraction * active.numel())
         jobs.append(
             {
+                "index": active,
+                "drop": drop,
                 "before": mask,
-                "dropped": dropped,
-                "kept": kept,
-                "k": k,
-                "n_cand": mask.numel() - kept.numel(),
+                "k": drop + 5_000,  # at fraction 1.0: beyond the candidates of the small one
+                "n_cand": mask.numel() - (active.numel() - drop),
                 "ever": ever,
                 "scores": score,
                 "weight": weight.clone(),
-                "states": [state],
+                "states": [torch.randn(mask.numel())],
                 "reset_fresh": fraction == 0.3,
-                "factor": factor,
+                "factor": mask.float(),
             }
         )
         ever_before.append(ever.clone())
+    weights = [job["weight"].clone() for job in jobs]
     with team(on):
-        changes = openmp.commit_layers([dict(job) for job in jobs])
+        changes = openmp.drop_and_commit_layers([dict(job) for job in jobs])
     if on and sys.platform == "linux":
         assert openmp._gomp_parallel is not None, "PyTorch's OpenMP runtime not found"
-    for (w, index, k), (dropped, kept, _) in zip(drops, dropped_kept):
-        want = drop_lowest_abs(w, index, k) if 0 < k < index.numel() else (index[:k], index[k:])
-        assert torch.equal(dropped, want[0]) and torch.equal(kept, want[1])
-    for job, got, ever in zip(jobs, changes, ever_before):
-        mask, dropped, k = job["before"], job["dropped"], job["k"]
+    for job, w, got, ever in zip(jobs, weights, changes, ever_before):
+        index, drop = job["index"], job["drop"]
+        if 0 < drop < index.numel():
+            dropped, kept = drop_lowest_abs(w, index, drop)
+        else:
+            dropped, kept = index[:drop], index[drop:]
+        mask, k = job["before"], job["k"]
         after = without(mask, dropped)
-        grown = grow_highest_units(
-            job["scores"], after, k, absolute=True, n_kept=job["kept"].numel()
-        )
+        grown = grow_highest_units(job["scores"], after, k, absolute=True, n_kept=kept.numel())
         ever_after = ever.clone()
         gone, fresh, first_time = apply_index_changes(mask, after, dropped, grown, ever_after)
-        active = torch.cat([job["kept"], grown])
-        for a, b in zip(got, (after, grown, gone, fresh, first_time, active)):
+        active = torch.cat([kept, grown])
+        for a, b in zip(got, (dropped, kept, after, grown, gone, fresh, first_time, active)):
             assert torch.equal(a, b)
         assert torch.equal(job["ever"], ever_after)  # first_time marked
         weight, (state,), factor = job["weight"], job["states"], job["factor"]
@@ -100,15 +94,25 @@ def test_layer_jobs_equal_the_per_layer_ops(on, fraction):
         assert not state[fresh if job["reset_fresh"] else gone].any()
 
 
+@pytest.mark.parametrize("on", [True, False])
+def test_momentum_sums_equal_the_per_layer_mean(on):
+    """SNFS's layer scores side by side: the same float64 sums as `ops.mean_abs_at`."""
+    jobs = [(torch.randn(mask.numel()), mask.nonzero().squeeze(1)) for _, mask, _, _ in _layers(3)]
+    with team(on):
+        sums = openmp.abs_sum_layers(jobs)
+    for (values, index), total in zip(jobs, sums):
+        assert total / index.numel() == mean_abs_at(values, index)
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_failing_job_raises_its_error():
     """A job that fails on a worker thread is re-run on the caller's, which raises."""
-    weight = torch.randn(100_000)
+    values = torch.randn(100_000)
     good = torch.arange(0, 100_000, 7)
     bad = good.clone()
     bad[-1] = 10**9  # out of bounds
     with team(True), pytest.raises(IndexError):
-        openmp.drop_lowest_abs_layers([(weight, good, 100), (weight, bad, 100)])
+        openmp.abs_sum_layers([(values, good), (values, bad)])
 
 
 class TwoBig(nn.Module):
@@ -175,8 +179,8 @@ def test_controller_with_layer_jobs_equals_one_layer_at_a_time(method, optimizer
                 opt.step()
                 if name != "RigL" and step % 3 == 2:
                     ctl.end_epoch()
-        # RigL and SET: one job per layer; SNFS: a drop job, then a commit job
-        want = ["drop_commit"] if method in ("RigL", "SET") else ["commit", "drop"]
+        # one job per layer, after SNFS's momentum sums
+        want = ["drop_commit"] if method in ("RigL", "SET") else ["drop_commit", "sum"]
         assert sorted(set(calls)) == (want if mode != "per-layer" else [])
         return net, opt, ctl
 
