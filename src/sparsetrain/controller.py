@@ -741,9 +741,10 @@ class SparsityController:
         teamed = self._job_layers(layers)
         created, jobs = 0, []
         for layer, seed in zip(layers, self._growth_seeds(layers)):
-            k, n_kept = grows[layer.name], self._active_units(layer).numel()
+            k, n_active = grows[layer.name], self._active_units(layer).numel()
             if layer in teamed:
-                job = self._commit_job(layer, k, n_kept - self._dropped_count(layer, drops), seed)
+                n_kept = n_active - self._dropped_count(layer, drops)
+                job = self._commit_job(layer, k, n_kept, seed)
                 job["index"], job["drop"] = self._active_units(layer), drops[layer.name]
                 jobs.append((layer, job))
                 continue

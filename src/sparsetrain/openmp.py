@@ -238,19 +238,23 @@ def warm_up() -> None:
     active = mask.nonzero().squeeze(1)
     dropped, kept = ops.drop_lowest_abs(weight, active, active.numel() // 3)
     abs_sum_layers([(scores, active)] * 2)
-    job = {
-        "index": active,
-        "drop": dropped.numel(),
-        "before": mask,
-        "k": dropped.numel(),
-        "n_cand": n - kept.numel(),
-        "ever": mask.clone(),
-        "weight": weight.clone(),
-        "states": [scores.clone()],
-        "reset_fresh": False,
-        "factor": mask.float(),
-    }
-    drop_and_commit_layers([{**job, "scores": scores}, {**job, "seed": ops.random_seed(g)}])
+    jobs = [
+        {
+            "index": active,
+            "drop": dropped.numel(),
+            "before": mask,
+            "k": dropped.numel(),
+            "n_cand": n - kept.numel(),
+            "ever": mask.clone(),  # each job writes only its own layer's tensors
+            "weight": weight.clone(),
+            "states": [scores.clone()],
+            "reset_fresh": False,
+            "factor": mask.float(),
+            **grow,
+        }
+        for grow in ({"scores": scores}, {"seed": ops.random_seed(g)})
+    ]
+    drop_and_commit_layers(jobs)
     after = ops.without(mask, dropped)
     grown = ops.random_positions(after, dropped.numel(), g, in_place=True, exclude=True)
     ops.apply_index_changes(mask, after, dropped, grown, mask.clone())
