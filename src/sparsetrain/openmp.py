@@ -171,16 +171,16 @@ def drop_and_commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor, ...]]:
         row, dropped, kept, alive = _drop_row(
             job["weight"], job["index"], job["drop"], SELECTION_SAMPLE // 2
         )
-        commit = _commit_row(job, dropped, kept)
-        rows.append(row + commit[0])
-        done.append((dropped, kept, commit[1:], alive))
+        commit_row, outputs, commit_alive = _commit_row(job, dropped, kept)
+        rows.append(row + commit_row)
+        done.append((dropped, kept, outputs, alive + commit_alive))
     run("drop_commit", rows, [job["before"].numel() for job in jobs])
     return [(dropped, kept, *_commit_results(*outputs)) for dropped, kept, outputs, _ in done]
 
 
 def _commit_row(job: dict, dropped: torch.Tensor, kept: torch.Tensor) -> tuple:
-    """A commit job's table row (see `kernels._commit_job`), then what `_commit_results`
-    needs, and the tensors behind the row's pointers (kept alive with the outputs)."""
+    """A commit job's table row (see `kernels._commit_job`), what `_commit_results` needs,
+    and the tensors behind the row's pointers (to keep alive until the job has run)."""
     before = job["before"]
     n, n_dropped, n_kept = before.numel(), dropped.numel(), kept.numel()
     scores = job.get("scores")
@@ -202,11 +202,11 @@ def _commit_row(job: dict, dropped: torch.Tensor, kept: torch.Tensor) -> tuple:
         *(int(job["reset_fresh"]), pointers[3], out.data_ptr(), size),
         *(out.data_ptr() + 8 * size, job.get("seed", -1)),
     ]
-    return row, after, out, n_kept, n_dropped, [scores, dropped, kept]
+    return row, (after, out, n_kept, n_dropped), [scores, dropped, kept]
 
 
 def _commit_results(
-    after: torch.Tensor, out: torch.Tensor, n_kept: int, n_dropped: int, alive: list
+    after: torch.Tensor, out: torch.Tensor, n_kept: int, n_dropped: int
 ) -> tuple[torch.Tensor, ...]:
     """(after, grown, gone, fresh, first_time, active): views of a commit job's output."""
     n_grown, n_gone, n_fresh, n_first = out[-4:].tolist()
