@@ -689,68 +689,72 @@ class SparsityController:
         count and mean |momentum| over its active units, all known before any drop; on CPU
         each flat layer's drop, grow and commit is one job, and the layers' jobs run side by
         side on PyTorch's OpenMP threads (`sparsetrain.openmp`), the same selections as one
-        at a time."""
+        at a time; when every layer is a job, the jobs also take the momentum scores and
+        the redistribution, in the same call."""
         layers = self._dynamic()
         drops = {layer.name: round(alpha * self._active_units(layer).numel()) for layer in layers}
-        grows = drops
-        if self.options.redistribution_mode == "momentum" and layers:
-            capacity = {
-                layer.name: layer.param.numel() // layer.group
-                - (self._active_units(layer).numel() - self._dropped_count(layer, drops))
-                for layer in layers
-            }
-            grows = redistribute(sum(drops.values()), self._momentum_scores(layers), capacity)
-        return self._update_layers(layers, drops, grows)
+        if self.options.redistribution_mode != "momentum" or not layers:
+            return self._update_layers(layers, drops, drops)
+        momenta = {
+            layer.name: optim_state.momentum(self.optimizer, layer.param) for layer in layers
+        }
+        if self._job_layers(layers) == layers and all(
+            m is None or (openmp.usable(m) and m.is_contiguous()) for m in momenta.values()
+        ):
+            return self._update_layers(layers, drops, None, momenta)
+        capacity = {
+            layer.name: layer.param.numel() // layer.group
+            - (self._active_units(layer).numel() - self._dropped_count(layer, drops))
+            for layer in layers
+        }
+        scores = self._momentum_scores(layers, momenta)
+        return self._update_layers(
+            layers, drops, redistribute(sum(drops.values()), scores, capacity)
+        )
 
     def _dropped_count(self, layer: _Layer, drops: dict[str, int]) -> int:
         """How many units the drop of `drops[layer.name]` really removes (0 to all active)."""
         return min(max(drops[layer.name], 0), self._active_units(layer).numel())
 
-    def _momentum_scores(self, layers: list[_Layer]) -> dict[str, float]:
+    def _momentum_scores(
+        self, layers: list[_Layer], momenta: dict[str, torch.Tensor | None]
+    ) -> dict[str, float]:
         """SNFS's layer scores: the mean |momentum| over each layer's active units (0 without
-        momentum yet); the large flat layers' sums side by side (`openmp.abs_sum_layers`)."""
-        buffers = {
-            layer.name: optim_state.momentum(self.optimizer, layer.param) for layer in layers
-        }
-        teamed = self._teamed(
-            [layer for layer in layers if buffers[layer.name] is not None],
-            lambda layer: buffers[layer.name],
-            lambda layer: buffers[layer.name].is_contiguous(),
-        )
-        sums = openmp.abs_sum_layers(
-            [(buffers[t.name].reshape(-1), self._active_units(t)) for t in teamed]
-        )
-        summed = {t.name: total for t, total in zip(teamed, sums)}
+        momentum yet, or without active units); a gather of the cached active indices."""
         scores = {}
         for layer in layers:
-            buffer, active = buffers[layer.name], self._active_units(layer)  # group 1: flat
-            if buffer is None:
-                scores[layer.name] = 0.0
-            elif layer.name in summed and active.numel():
-                scores[layer.name] = summed[layer.name] / active.numel()
-            else:  # a gather of the cached active indices, not a pass over the layer
-                scores[layer.name] = mean_abs_at(buffer.reshape(-1), active)
+            buffer, active = momenta[layer.name], self._active_units(layer)  # group 1: flat
+            empty = buffer is None or not active.numel()
+            scores[layer.name] = 0.0 if empty else mean_abs_at(buffer.reshape(-1), active)
         return scores
 
     def _update_layers(
-        self, layers: list[_Layer], drops: dict[str, int], grows: dict[str, int]
+        self,
+        layers: list[_Layer],
+        drops: dict[str, int],
+        grows: dict[str, int] | None,
+        momenta: dict[str, torch.Tensor | None] | None = None,
     ) -> int:
         """Drop `drops[name]` units of each layer and grow `grows[name]`: the job layers
         (`_job_layers`) in one team call, the others one at a time; returns the number of
-        new connections."""
+        new connections. `grows` None: every layer is a job, and the jobs redistribute the
+        regrowth by the mean |`momenta`| over the active units."""
         teamed = self._job_layers(layers)
         created, jobs = 0, []
         for layer, seed in zip(layers, self._growth_seeds(layers)):
-            k, n_active = grows[layer.name], self._active_units(layer).numel()
+            k = None if grows is None else grows[layer.name]
             if layer in teamed:
-                n_kept = n_active - self._dropped_count(layer, drops)
+                n_kept = self._active_units(layer).numel() - self._dropped_count(layer, drops)
                 job = self._commit_job(layer, k, n_kept, seed)
                 job["index"], job["drop"] = self._active_units(layer), drops[layer.name]
+                if momenta is not None:
+                    job["momentum"] = momenta[layer.name]
                 jobs.append((layer, job))
                 continue
             dropped, kept = self._drop(layer, drops[layer.name])
             created += self._grow_and_commit_one(layer, dropped, kept, k, seed)
-        results = openmp.drop_and_commit_layers([job for _, job in jobs])
+        total = None if grows is not None else sum(drops.values())
+        results = openmp.drop_and_commit_layers([job for _, job in jobs], total)
         for (layer, job), (dropped, kept, *changes) in zip(jobs, results):
             created += self._install_job(layer, job, dropped, kept, changes)
         return created
@@ -777,10 +781,10 @@ class SparsityController:
             return [None] * len(layers)
         return stream_seeds(random_seed(self.generator), len(layers))
 
-    def _commit_job(self, layer: _Layer, k: int, n_kept: int, seed: int | None) -> dict:
-        """A flat layer's grow of k units and its commit as a job for `sparsetrain.openmp`
-        (without the drop's units: the caller adds them), `n_kept` units kept by the drop,
-        `seed` for random growth."""
+    def _commit_job(self, layer: _Layer, k: int | None, n_kept: int, seed: int | None) -> dict:
+        """A flat layer's grow of k units (None: decided by the jobs' redistribution) and its
+        commit as a job for `sparsetrain.openmp` (without the drop's units: the caller adds
+        them), `n_kept` units kept by the drop, `seed` for random growth."""
         name, before = layer.name, self.masks[layer.name].reshape(-1)
         job = {
             "before": before,
@@ -794,7 +798,7 @@ class SparsityController:
         }
         if seed is None:
             job["scores"] = self._grow_score(layer)
-        elif 0 < k < job["n_cand"]:  # else none, or every candidate, is grown
+        elif k is None or 0 < k < job["n_cand"]:  # else none, or every candidate, is grown
             job["seed"] = seed
         return job
 

@@ -92,7 +92,8 @@ def drop_lowest_abs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`ops.drop_lowest_abs` for a 1-D CPU float array: gather, select and split in one call."""
     dropped, kept = np.empty(k, np.int64), np.empty(index.shape[0] - k, np.int64)
-    _drop_lowest_abs(values.detach().contiguous().numpy(), index.numpy(), k, sample, dropped, kept)
+    values = values.detach().contiguous().numpy()
+    _drop_lowest_abs(values, index.numpy(), k, sample, dropped, kept, _no_values)
     return torch.from_numpy(dropped), torch.from_numpy(kept)
 
 
@@ -142,6 +143,7 @@ def where_flag(index: torch.Tensor, flags: torch.Tensor, value: bool) -> torch.T
 
 _no_bytes = np.zeros(0, np.uint8)
 _no_index = np.zeros(0, np.int64)
+_no_values = np.zeros(0, np.float32)
 
 
 def _jit(fn=None, *, checked=False):
@@ -412,29 +414,40 @@ def _best_positions(vals, cand, skip, ties, k, n_cand, largest, absolute, sample
 
 
 @_jit(checked=True)
-def _abs_keys(vals, index):
-    """|vals[index]|, NaN as +inf (checked: `index` comes from the caller)."""
+def _abs_keys(vals, index, other):
+    """|vals[index]|, NaN as +inf, and the float64 sum of |other[index]| (0 if `other` is
+    empty) in the same pass, in `_abs_sum_at`'s order (checked: `index` comes from the
+    caller)."""
     keys = np.empty(index.shape[0], vals.dtype)
+    total = 0.0
+    if other.shape[0] == 0:
+        for j in range(index.shape[0]):
+            a = abs(vals[index[j]])
+            keys[j] = a if a == a else np.inf
+        return keys, total
     for j in range(index.shape[0]):
-        a = abs(vals[index[j]])
+        i = index[j]
+        a = abs(vals[i])
         keys[j] = a if a == a else np.inf
-    return keys
+        total += abs(other[i])
+    return keys, total
 
 
 @_jit
-def _drop_lowest_abs(vals, index, k, sample, dropped, kept):
+def _drop_lowest_abs(vals, index, k, sample, dropped, kept, other):
     """The drop's selection fused (ranks as `_best_positions` on -|vals[index]|), into
     `dropped` (k entries) and `kept` (the rest): a gather, a strided sample that brackets the
     k-th smallest magnitude, one pass that counts the magnitudes below the bracket and
     collects the few inside it, the exact k-th among those, and a split pass. NaN ranks as
     +inf (dropped last); ties go to the lower index. The collecting and splitting passes flag
-    in L1-sized chunks and visit set bits (`_compact`)."""
+    in L1-sized chunks and visit set bits (`_compact`). Returns the float64 sum of
+    |other[index]| (SNFS's momentum score, taken in the gather; 0 if `other` is empty)."""
     c = index.shape[0]
     if k <= 0 or k >= c:
         _copy(index[: dropped.shape[0]], dropped)
         _copy(index[dropped.shape[0] :], kept)
-        return
-    keys = _abs_keys(vals, index)
+        return _abs_sum_at(other, index) if other.shape[0] else 0.0
+    keys, total = _abs_keys(vals, index, other)
     lo, hi = -np.inf, np.inf
     stride = _prime_at_least(c // sample)
     if c >= 4 * sample:
@@ -479,7 +492,7 @@ def _drop_lowest_abs(vals, index, k, sample, dropped, kept):
         take[ties[np.argsort(index[ties], kind="mergesort")[:need_ties]]] = True
         _copy(index[take], dropped)
         _copy(index[~take], kept)
-        return
+        return total
     d = n_kept = 0
     for start in range(0, c, _CHUNK):  # split: dropped are the set bits, kept the clear ones
         chunk, chunk_index = keys[start : start + _CHUNK], index[start : start + _CHUNK]
@@ -495,6 +508,7 @@ def _drop_lowest_abs(vals, index, k, sample, dropped, kept):
             rest = ~bits if valid >= 64 else ~bits & ((one << np.uint64(valid)) - one)
             d = _append_bits(bits, 64 * b, chunk_index, dropped, d)
             n_kept = _append_bits(rest, 64 * b, chunk_index, kept, n_kept)
+    return total
 
 
 @_jit
@@ -725,6 +739,55 @@ def _apply_index_changes(before, after, dropped, grown, ever):
 HEADER = 4
 #: the width of a drop job's row (`_drop_job`)
 DROP_ROW = 9
+#: a redistributed job's row starts with [done, shared block, layer position, momentum, its
+#: length], then a drop row and a commit row (`_sum_and_drop`)
+SHARED_ROW = 5
+#: the block the redistributed jobs share: [phase-1 jobs finished, one failed, next phase-2
+#: job (a second counter), total regrowth, address of the float64 layer scores]
+BLOCK = 5
+
+
+@_jit
+def _redistribute(total, scores, caps):
+    """`dst.redistribute` of `total` units over layers with `scores` and `caps` (by position),
+    the same float operations in the same order, so the same counts: shares ∝ score (equal if
+    the scores sum to 0 or are not finite), then `distributions.apportion` with floor 0."""
+    n = scores.shape[0]
+    score_sum = 0.0
+    for s in scores:
+        score_sum += s
+    shares = np.empty(n, np.float64)
+    for i in range(n):
+        shares[i] = scores[i] / score_sum if 0 < score_sum < np.inf else 1 / n
+    total = min(total, caps.sum())
+    targets = total * shares
+    counts = np.empty(n, np.int64)
+    for i in range(n):  # floor 0, at most the cap
+        counts[i] = min(caps[i], max(0, np.int64(np.floor(targets[i]))))
+    remaining = total - counts.sum()
+    order = np.argsort(np.floor(targets) - targets, kind="mergesort")  # ties: lower position
+    while remaining != 0:  # largest remainders first (smallest, when giving back)
+        progressed, up = False, remaining > 0
+        for j in range(n):
+            i = order[j] if up else order[n - 1 - j]
+            if remaining > 0 and counts[i] < caps[i]:
+                counts[i] += 1
+                remaining -= 1
+                progressed = True
+            elif remaining < 0 and counts[i] > 0:
+                counts[i] -= 1
+                remaining += 1
+                progressed = True
+            if remaining == 0:
+                break
+        if not progressed:
+            break
+    return counts
+
+
+def redistribute(total: int, scores: np.ndarray, caps: np.ndarray) -> np.ndarray:
+    """`_redistribute` (the jobs' copy of SNFS's redistribution), for tests."""
+    return _redistribute(total, np.asarray(scores, np.float64), np.asarray(caps, np.int64))
 
 
 if numba is not None:
@@ -752,30 +815,25 @@ if numba is not None:
         return types.int64(pointer), codegen
 
     @intrinsic
-    def _fetch_add(typingctx, address):
-        """Atomically add 1 to the int64 at `address`; its value before."""
+    def _fetch_add(typingctx, address, value):
+        """Atomically add `value` to the int64 at `address`; its value before (`value` 0: an
+        atomic read)."""
 
         def codegen(context, builder, signature, args):
             ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
-            return builder.atomic_rmw("add", ptr, ir.Constant(ir.IntType(64), 1), "seq_cst")
+            return builder.atomic_rmw("add", ptr, args[1], "seq_cst")
 
-        return types.int64(address), codegen
-
-    @_jit
-    def _sum_job(row):
-        # row: [done, values, n, index, c, sum]: the float64 sum of |values[index]| to `sum`
-        values = carray(_f32(row[1]), (row[2],))
-        carray(_f64(row[5]), (1,))[0] = _abs_sum_at(values, carray(_i64(row[3]), (row[4],)))
+        return types.int64(address, value), codegen
 
     @_jit
-    def _drop_job(row):
-        # row: [done, values, n, index, c, k, dropped, kept, sample]
+    def _drop_job(row, other):
+        # row: [done, values, n, index, c, k, dropped, kept, sample]; the sum of |other[index]|
         values = carray(_f32(row[1]), (row[2],))
         index = carray(_i64(row[3]), (row[4],))
         k = row[5]
         dropped = carray(_i64(row[6]), (k,))
         kept = carray(_i64(row[7]), (row[4] - k,))
-        _drop_lowest_abs(values, index, k, row[8], dropped, kept)
+        return _drop_lowest_abs(values, index, k, row[8], dropped, kept, other)
 
     @_jit
     def _commit_job(row):
@@ -805,28 +863,107 @@ if numba is not None:
             carray(_i64(row[20]), (4,)),
         )
 
-    def _work(data):
-        """What each thread runs: take the next job from the shared counter until none is
-        left (compiled on first use by `_worker`; module-level, so that numba's disk cache
-        holds it once, not once per process as a closure)."""
-        start = _address(data)
-        header = carray(_i64(start), (HEADER,))
-        table = carray(_i64(start + 8 * HEADER), (header[1], header[2]))
-        while True:
-            j = _fetch_add(start)
-            if j >= header[1]:
-                break
-            if header[3] == 0:
-                _sum_job(table[j])
-            else:
-                _drop_and_commit_job(table[j])
-            table[j, 0] = 1
-
     @_jit
     def _drop_and_commit_job(row):
         # row: a drop row, then a commit row whose dropped and kept are the drop's outputs
-        _drop_job(row[:DROP_ROW])
+        _drop_job(row[:DROP_ROW], _no_values)
         _commit_job(row[DROP_ROW:])
 
-    #: the job kinds of a table, by name (a table's kind is the position here)
-    JOBS = {"sum": _sum_job, "drop_commit": _drop_and_commit_job}
+    @_jit
+    def _sum_and_drop(row):
+        # a redistributed job's first phase: its layer score (the mean |momentum| over the
+        # active units, which are the drop's index; 0 if none, or no momentum), then its drop
+        block = carray(_i64(row[1]), (BLOCK,))
+        momentum = carray(_f32(row[3]), (row[4] if row[3] else 0,))
+        drop = row[SHARED_ROW : SHARED_ROW + DROP_ROW]
+        total = _drop_job(drop, momentum)  # the momentum's sum taken in the drop's gather
+        n_active = drop[4]
+        score = total / n_active if momentum.shape[0] and n_active else 0.0
+        carray(_f64(block[4]), (row[2] + 1,))[row[2]] = score
+
+    @_jit
+    def _sum_and_drop_guarded(row):
+        # False if it raised: the other threads wait for every first phase, so none may be lost
+        try:
+            _sum_and_drop(row)
+        except Exception:
+            return False
+        return True
+
+    @_jit
+    def _grows(jobs):
+        # each layer's regrowth (by position), from the scores and the commits' free units
+        block = carray(_i64(jobs[0, 1]), (BLOCK,))
+        n = jobs.shape[0]
+        caps = np.empty(n, np.int64)
+        for j in range(n):
+            caps[jobs[j, 2]] = jobs[j, SHARED_ROW + DROP_ROW + 8]  # the commit's n_cand
+        return _redistribute(block[3], carray(_f64(block[4]), (n,)), caps)
+
+    @_jit
+    def _grow_and_commit_redistributed(row, grows):
+        commit = row[SHARED_ROW + DROP_ROW :]
+        commit[7] = grows[row[2]]  # the commit's k
+        _commit_job(commit)
+
+    @_jit
+    def _finish_drop_commit(jobs):
+        # the caller's re-run of the jobs a thread did not finish (raises a job's error)
+        for j in range(jobs.shape[0]):
+            if jobs[j, 0] == 0:
+                _drop_and_commit_job(jobs[j])
+                jobs[j, 0] = 1
+
+    @_jit
+    def _finish_redistributed(jobs):
+        # as `_finish_drop_commit`; if a first phase failed, no job grew: all run again
+        if carray(_i64(jobs[0, 1]), (BLOCK,))[1]:
+            for j in range(jobs.shape[0]):
+                _sum_and_drop(jobs[j])
+        grows = _grows(jobs)
+        for j in range(jobs.shape[0]):
+            if jobs[j, 0] == 0:
+                _grow_and_commit_redistributed(jobs[j], grows)
+                jobs[j, 0] = 1
+
+    def _work(data):
+        """What each thread runs: take the next job from the shared counter until none is
+        left (compiled on first use by `_worker`; module-level, so that numba's disk cache
+        holds it once, not once per process as a closure). Redistributed jobs run in two
+        phases: every layer's score and drop, a wait for all of them, the redistribution
+        (each thread computes the same small one), then the grows and commits."""
+        start = _address(data)
+        header = carray(_i64(start), (HEADER,))
+        table = carray(_i64(start + 8 * HEADER), (header[1], header[2]))
+        n = header[1]
+        if header[3] == 0:
+            while True:
+                j = _fetch_add(start, 1)
+                if j >= n:
+                    return
+                _drop_and_commit_job(table[j])
+                table[j, 0] = 1
+        block_at = table[0, 1]
+        block = carray(_i64(block_at), (BLOCK,))
+        while True:
+            j = _fetch_add(start, 1)
+            if j >= n:
+                break
+            if not _sum_and_drop_guarded(table[j]):
+                block[1] = 1  # published by the atomic add below
+            _fetch_add(block_at, 1)
+        while _fetch_add(block_at, 0) < n:  # the other threads' first phases
+            pass
+        if block[1]:
+            return  # the caller re-runs them all, raising the error
+        grows = _grows(table)
+        while True:
+            j = _fetch_add(block_at + 16, 1)
+            if j >= n:
+                return
+            _grow_and_commit_redistributed(table[j], grows)
+            table[j, 0] = 1
+
+    #: the job kinds of a table, by name (a table's kind is the position here), each with its
+    #: caller-side finish of the jobs no thread finished
+    JOBS = {"drop_commit": _finish_drop_commit, "redistribute": _finish_redistributed}

@@ -9,12 +9,14 @@ PyTorch loaded) runs a compiled worker on each thread of PyTorch's team, and the
 take the layers from a shared counter, largest first. Two 1M-weight layers then update in
 about 0.6 of the time one thread takes.
 
-A job is one layer's whole drop, grow and commit (or, first, SNFS's momentum sum): it reads
-its layer and writes only that layer's tensors and buffers allocated for it, so the results are
-the serial ones, bit for bit; the same compiled worker runs serially when PyTorch has one thread,
-its runtime is not found (not Linux, not OpenMP), or `SPARSETRAIN_OPENMP=0`. A job that
-fails (a bug) leaves its "done" flag unset, and the caller re-runs it on the serial path,
-which raises the real error.
+A job is one layer's whole drop, grow and commit: it reads its layer and writes only that
+layer's tensors and buffers allocated for it, so the results are the serial ones, bit for bit;
+the same compiled worker runs serially when PyTorch has one thread, its runtime is not found
+(not Linux, not OpenMP), or `SPARSETRAIN_OPENMP=0`. With SNFS's redistribution the jobs run in
+two phases of the same call: each layer's mean |momentum| and drop, a wait for all of them,
+the redistribution (each thread computes the same one, it is tiny), then the grows and
+commits. A job that fails (a bug) leaves its "done" flag unset, and the caller re-runs it on
+the serial path, which raises the real error.
 """
 
 from __future__ import annotations
@@ -101,28 +103,12 @@ def run(kind: str, rows: list[list[int]], sizes: list[int]) -> None:
     else:
         _worker().ctypes(ctypes.c_void_p(table.ctypes.data))
     if not jobs[:, 0].all():
-        for row in jobs[jobs[:, 0] == 0]:
-            kernels.JOBS[kind](row)
+        kernels.JOBS[kind](jobs)
 
 
 def usable(values: torch.Tensor) -> bool:
     """Whether the layer jobs can take `values` (float32 on CPU, kernels enabled)."""
     return cfunc is not None and kernels.usable(values) and values.dtype == torch.float32
-
-
-def abs_sum_layers(jobs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
-    """The float64 sum of |values[index]| of several layers' (values, index), side by side
-    (SNFS's layer scores: the momentum at the active units): `values` float32 (`usable`),
-    `index` int64, on CPU; the same sums as `kernels.abs_sum_at`."""
-    sums = np.zeros(len(jobs), np.float64)
-    rows, alive = [], []
-    for j, (values, index) in enumerate(jobs):
-        values, index = values.detach().contiguous(), index.contiguous()
-        alive += [values, index]  # the tensors behind the row's pointers, until run
-        row = [0, values.data_ptr(), values.numel(), index.data_ptr(), index.numel()]
-        rows.append([*row, sums.ctypes.data + 8 * j])
-    run("sum", rows, [index.numel() for _, index in jobs])
-    return sums.tolist()
 
 
 def _drop_row(
@@ -154,7 +140,9 @@ def _float_pointer(tensor: torch.Tensor | None, n: int) -> int:
     return tensor.data_ptr() if usable_here else 0
 
 
-def drop_and_commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor, ...]]:
+def drop_and_commit_layers(
+    jobs: list[dict], redistribute: int | None = None
+) -> list[tuple[torch.Tensor, ...]]:
     """Each layer's drop and then its grow and commit, as one job per layer, side by side.
     A job has the drop's `index` (the active units) and `drop` (how many of them, by lowest
     |weight|, as `ops.drop_lowest_abs`), `before` (the 1-D bool unit mask), `k` (units to
@@ -165,27 +153,44 @@ def drop_and_commit_layers(jobs: list[dict]) -> list[tuple[torch.Tensor, ...]]:
     `ops.drop_lowest_abs`, `dst.grow_highest_units` (absolute), `ops.apply_index_changes` and
     the controller's writes, `ever` included (first_time marked). Weights, states and the
     float mask must be float32 and contiguous (`usable`), else the caller writes them:
-    `written` in each job tells which were."""
+    `written` in each job tells which were.
+
+    `redistribute`: SNFS's regrowth of that many units in all, split over the jobs' layers as
+    `dst.redistribute` does (`kernels._redistribute`) by their mean |`momentum`| (a float32
+    tensor or None) over the active units; the jobs' `k` are then not used."""
     rows, done = [], []
-    for job in jobs:
+    scores = np.zeros(len(jobs), np.float64)
+    block = np.array([0, 0, 0, redistribute or 0, scores.ctypes.data], np.int64)
+    for position, job in enumerate(jobs):
         row, dropped, kept, alive = _drop_row(
             job["weight"], job["index"], job["drop"], SELECTION_SAMPLE // 2
         )
-        commit_row, outputs, commit_alive = _commit_row(job, dropped, kept)
+        if redistribute is not None:
+            momentum = job["momentum"]
+            momentum = _NONE if momentum is None else momentum.detach().reshape(-1).contiguous()
+            pointer = momentum.data_ptr() if momentum.numel() else 0
+            row = [0, block.ctypes.data, position, pointer, momentum.numel(), *row]
+            alive.append(momentum)
+        commit_row, outputs, commit_alive = _commit_row(job, dropped, kept, redistribute)
         rows.append(row + commit_row)
         done.append((dropped, kept, outputs, alive + commit_alive))
-    run("drop_commit", rows, [job["before"].numel() for job in jobs])
+    kind = "drop_commit" if redistribute is None else "redistribute"
+    run(kind, rows, [job["before"].numel() for job in jobs])
     return [(dropped, kept, *_commit_results(*outputs)) for dropped, kept, outputs, _ in done]
 
 
-def _commit_row(job: dict, dropped: torch.Tensor, kept: torch.Tensor) -> tuple:
+def _commit_row(
+    job: dict, dropped: torch.Tensor, kept: torch.Tensor, redistribute: int | None
+) -> tuple:
     """A commit job's table row (see `kernels._commit_job`), what `_commit_results` needs,
-    and the tensors behind the row's pointers (to keep alive until the job has run)."""
+    and the tensors behind the row's pointers (to keep alive until the job has run); with
+    `redistribute` (the total regrowth), its output is sized for the most the layer may get."""
     before = job["before"]
     n, n_dropped, n_kept = before.numel(), dropped.numel(), kept.numel()
     scores = job.get("scores")
     scores = _NONE if scores is None else scores.detach().reshape(-1).contiguous()
-    n_grown = min(max(job["k"], 0), job["n_cand"])
+    k = job["k"] if redistribute is None else redistribute
+    n_grown = min(max(k, 0), job["n_cand"])
     after = torch.empty_like(before)
     states = [*job["states"], None, None][:2]
     pointers = [_float_pointer(t, n) for t in (job["weight"], *states, job["factor"])]
@@ -196,7 +201,7 @@ def _commit_row(job: dict, dropped: torch.Tensor, kept: torch.Tensor) -> tuple:
     out = torch.empty(size + 4, dtype=torch.long)  # + 4: the counts
     row = [
         *(0, scores.data_ptr() if scores.numel() else 0, n, before.data_ptr()),
-        *(after.data_ptr(), dropped.data_ptr(), n_dropped, job["k"], job["n_cand"]),
+        *(after.data_ptr(), dropped.data_ptr(), n_dropped, k, job["n_cand"]),
         *(SELECTION_SAMPLE, n_kept),
         *(kept.data_ptr(), job["ever"].data_ptr(), pointers[0], pointers[1], pointers[2]),
         *(int(job["reset_fresh"]), pointers[3], out.data_ptr(), size),
@@ -237,24 +242,25 @@ def warm_up() -> None:
     weight, scores = torch.randn(n, generator=g), torch.randn(n, generator=g)
     active = mask.nonzero().squeeze(1)
     dropped, kept = ops.drop_lowest_abs(weight, active, active.numel() // 3)
-    abs_sum_layers([(scores, active)] * 2)
-    jobs = [
-        {
-            "index": active,
-            "drop": dropped.numel(),
-            "before": mask,
-            "k": dropped.numel(),
-            "n_cand": n - kept.numel(),
-            "ever": mask.clone(),  # each job writes only its own layer's tensors
-            "weight": weight.clone(),
-            "states": [scores.clone()],
-            "reset_fresh": False,
-            "factor": mask.float(),
-            **grow,
-        }
-        for grow in ({"scores": scores}, {"seed": ops.random_seed(g)})
-    ]
-    drop_and_commit_layers(jobs)
+    for redistribute in (None, dropped.numel()):  # both kinds of table
+        jobs = [
+            {
+                "index": active,
+                "drop": dropped.numel(),
+                "before": mask,
+                "k": dropped.numel(),
+                "n_cand": n - kept.numel(),
+                "ever": mask.clone(),  # each job writes only its own layer's tensors
+                "weight": weight.clone(),
+                "states": [scores.clone()],
+                "reset_fresh": False,
+                "factor": mask.float(),
+                "momentum": scores,
+                **grow,
+            }
+            for grow in ({"scores": scores}, {"seed": ops.random_seed(g)})
+        ]
+        drop_and_commit_layers(jobs, redistribute)
     after = ops.without(mask, dropped)
     grown = ops.random_positions(after, dropped.numel(), g, in_place=True, exclude=True)
     ops.apply_index_changes(mask, after, dropped, grown, mask.clone())

@@ -5,17 +5,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import math
 import pkgutil
 import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import sparsetrain
 from sparsetrain import kernels, openmp
-from sparsetrain.algorithms.dst import grow_highest_units
+from sparsetrain.algorithms import dst
 from sparsetrain.ops import apply_index_changes, drop_lowest_abs, mean_abs_at, without
 
 pytestmark = pytest.mark.skipif(kernels.numba is None, reason="numba")
@@ -44,12 +47,9 @@ def _layers(seed: int, sizes=(70_000, 120_000, 3_000)):
     return out
 
 
-@pytest.mark.parametrize("on", [True, False])
-@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
-def test_layer_jobs_equal_the_per_layer_ops(on, fraction):
-    """Drop, grow and index changes of several layers at once (ties, k = 0, k = all, more
-    growth than candidates) give exactly what the per-layer operators give."""
-    jobs, ever_before = [], []
+def _jobs(fraction: float, momentum: bool = False) -> list[dict]:
+    """Layer jobs over `_layers` (heavy ties), dropping `fraction` of the active units."""
+    jobs = []
     for weight, mask, ever, score in _layers(int(fraction * 10)):
         active = mask.nonzero().squeeze(1)
         drop = round(fraction * active.numel())
@@ -66,53 +66,104 @@ def test_layer_jobs_equal_the_per_layer_ops(on, fraction):
                 "states": [torch.randn(mask.numel())],
                 "reset_fresh": fraction == 0.3,
                 "factor": mask.float(),
+                **({"momentum": score * torch.rand(mask.numel())} if momentum else {}),
             }
         )
-        ever_before.append(ever.clone())
+    return jobs
+
+
+def _check_jobs(on: bool, jobs: list[dict], redistribute: int | None = None) -> None:
+    """The jobs' results and writes are those of the per-layer operators (with
+    `redistribute`: of `dst.redistribute` by the mean |momentum| over the active units)."""
     weights = [job["weight"].clone() for job in jobs]
+    evers = [job["ever"].clone() for job in jobs]
+    grows = [job["k"] for job in jobs]
+    if redistribute is not None:
+        names = [str(j) for j in range(len(jobs))]
+        grows = list(
+            dst.redistribute(
+                redistribute,
+                {n: mean_abs_at(job["momentum"], job["index"]) for n, job in zip(names, jobs)},
+                {n: job["n_cand"] for n, job in zip(names, jobs)},
+            ).values()
+        )
+        assert grows != [job["drop"] for job in jobs]  # the budget really moves
     with team(on):
-        changes = openmp.drop_and_commit_layers([dict(job) for job in jobs])
+        changes = openmp.drop_and_commit_layers([dict(job) for job in jobs], redistribute)
     if on and sys.platform == "linux":
         assert openmp._gomp_parallel is not None, "PyTorch's OpenMP runtime not found"
-    for job, w, got, ever in zip(jobs, weights, changes, ever_before):
+    for job, w, got, ever, k in zip(jobs, weights, changes, evers, grows):
         index, drop = job["index"], job["drop"]
         if 0 < drop < index.numel():
             dropped, kept = drop_lowest_abs(w, index, drop)
         else:
             dropped, kept = index[:drop], index[drop:]
-        mask, k = job["before"], job["k"]
+        mask = job["before"]
         after = without(mask, dropped)
-        grown = grow_highest_units(job["scores"], after, k, absolute=True, n_kept=kept.numel())
-        ever_after = ever.clone()
-        gone, fresh, first_time = apply_index_changes(mask, after, dropped, grown, ever_after)
+        grown = dst.grow_highest_units(job["scores"], after, k, absolute=True, n_kept=kept.numel())
+        gone, fresh, first_time = apply_index_changes(mask, after, dropped, grown, ever)
         active = torch.cat([kept, grown])
         for a, b in zip(got, (dropped, kept, after, grown, gone, fresh, first_time, active)):
             assert torch.equal(a, b)
-        assert torch.equal(job["ever"], ever_after)  # first_time marked
+        assert torch.equal(job["ever"], ever)  # first_time marked
         weight, (state,), factor = job["weight"], job["states"], job["factor"]
         assert not weight[gone].any() and torch.equal(factor, after.float())
         assert not state[fresh if job["reset_fresh"] else gone].any()
 
 
 @pytest.mark.parametrize("on", [True, False])
-def test_momentum_sums_equal_the_per_layer_mean(on):
-    """SNFS's layer scores side by side: the same float64 sums as `ops.mean_abs_at`."""
-    jobs = [(torch.randn(mask.numel()), mask.nonzero().squeeze(1)) for _, mask, _, _ in _layers(3)]
-    with team(on):
-        sums = openmp.abs_sum_layers(jobs)
-    for (values, index), total in zip(jobs, sums):
-        assert total / index.numel() == mean_abs_at(values, index)
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
+def test_layer_jobs_equal_the_per_layer_ops(on, fraction):
+    """Drop, grow and index changes of several layers at once (ties, k = 0, k = all, more
+    growth than candidates) give exactly what the per-layer operators give."""
+    _check_jobs(on, _jobs(fraction))
+
+
+@pytest.mark.parametrize("on", [True, False])
+@pytest.mark.parametrize("fraction", [0.3, 1.0])
+def test_redistributed_jobs_equal_the_per_layer_ops(on, fraction):
+    """SNFS's jobs (scores and drops, a wait, the redistribution, then grows and commits, in
+    one call) give what the per-layer operators and `dst.redistribute` give."""
+    jobs = _jobs(fraction, momentum=True)
+    _check_jobs(on, jobs, sum(job["drop"] for job in jobs))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    total=st.integers(0, 10_000),
+    layers=st.lists(
+        st.tuples(
+            st.one_of(
+                st.floats(0, 1e3),
+                st.sampled_from([0.0, 1e-300, 1.0, 1.0, math.inf, math.nan]),
+            ),
+            st.integers(0, 4_000),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_the_jobs_redistribution_is_dst_redistribute(total, layers):
+    """The jobs' compiled copy of SNFS's redistribution gives `dst.redistribute`'s counts
+    (ties, caps, zero and non-finite scores)."""
+    scores = {str(j): score for j, (score, _) in enumerate(layers)}
+    caps = {str(j): cap for j, (_, cap) in enumerate(layers)}
+    want = list(dst.redistribute(total, scores, caps).values())
+    got = kernels.redistribute(total, list(scores.values()), list(caps.values()))
+    assert got.tolist() == want
+    assert sum(want) == min(total, sum(caps.values()))
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_failing_job_raises_its_error():
-    """A job that fails on a worker thread is re-run on the caller's, which raises."""
-    values = torch.randn(100_000)
-    good = torch.arange(0, 100_000, 7)
-    bad = good.clone()
-    bad[-1] = 10**9  # out of bounds
+@pytest.mark.parametrize("redistributed", [False, True])
+def test_a_failing_job_raises_its_error(redistributed):
+    """A job that fails on a worker thread is re-run on the caller's, which raises (the
+    redistributed jobs' other thread does not wait for it forever)."""
+    jobs = _jobs(0.3, momentum=redistributed)
+    jobs[1]["index"] = jobs[1]["index"].clone()
+    jobs[1]["index"][-1] = 10**9  # out of bounds
     with team(True), pytest.raises(IndexError):
-        openmp.abs_sum_layers([(values, good), (values, bad)])
+        openmp.drop_and_commit_layers(jobs, 1_000 if redistributed else None)
 
 
 class TwoBig(nn.Module):
@@ -179,8 +230,8 @@ def test_controller_with_layer_jobs_equals_one_layer_at_a_time(method, optimizer
                 opt.step()
                 if name != "RigL" and step % 3 == 2:
                     ctl.end_epoch()
-        # one job per layer, after SNFS's momentum sums
-        want = ["drop_commit"] if method in ("RigL", "SET") else ["drop_commit", "sum"]
+        # one job per layer; SNFS's redistribution inside the jobs
+        want = ["drop_commit"] if method in ("RigL", "SET") else ["redistribute"]
         assert sorted(set(calls)) == (want if mode != "per-layer" else [])
         return net, opt, ctl
 

@@ -12,6 +12,7 @@ are dropped and grown.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -158,8 +159,12 @@ def redistribute(
         >>> redistribute(10, {"a": 3.0, "b": 1.0}, {"a": 5, "b": 100})  # a has room for 5 only
         {'a': 5, 'b': 5}
     """
-    score_sum = sum(layer_scores.values())
-    if score_sum <= 0:
+    # summed in order, as the CPU jobs' copy (`kernels._redistribute`) does; not `sum`,
+    # which compensates on Python >= 3.12
+    score_sum = 0.0
+    for score in layer_scores.values():
+        score_sum += score
+    if not 0 < score_sum < math.inf:  # no momentum yet, or a non-finite one: equal shares
         shares = {n: 1 / len(layer_scores) for n in layer_scores}
     else:
         shares = {n: s / score_sum for n, s in layer_scores.items()}
