@@ -220,7 +220,8 @@ def abs_at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def mean_abs_at(values: torch.Tensor, index: torch.Tensor) -> float:
     """The mean of |values[index]| of a 1-D array, accumulated in float64 (NaN if `index` is
-    empty); on CPU one compiled pass, the same one `openmp.abs_sum_layers` makes."""
+    empty); on CPU one compiled pass, in the order SNFS's layer jobs sum in their drop's gather
+    (`kernels._abs_keys`)."""
     if index.numel() == 0:
         return math.nan
     if kernels.usable(values) and values.is_floating_point():

@@ -1,5 +1,8 @@
 """Hand-worked drop/grow on an 8-element layer: the next mask is written out by hand."""
 
+import math
+
+import pytest
 import torch
 
 from sparsetrain.algorithms import (
@@ -56,6 +59,14 @@ def test_redistribute_proportional_and_exact():
     assert counts == {"a": 6, "b": 2, "c": 2}
     capped = redistribute(10, {"a": 9.0, "b": 1.0}, {"a": 3, "b": 100})
     assert capped == {"a": 3, "b": 7}
+
+
+@pytest.mark.parametrize("bad", [0.0, math.inf, math.nan])
+def test_redistribute_gives_equal_shares_without_a_usable_score_sum(bad):
+    """No momentum yet (all 0), or a non-finite score: equal shares, not an error (a NaN
+    score used to reach `math.floor` and raise)."""
+    scores = {"a": bad, "b": 0.0 if bad == 0 else 1.0}
+    assert redistribute(10, scores, {"a": 100, "b": 100}) == {"a": 5, "b": 5}
 
 
 def test_global_magnitude_keeps_largest_across_layers_and_one_per_layer():
