@@ -516,7 +516,8 @@ def _grow_and_commit(vals, seed, before, after, dropped, k, n_cand, sample, targ
     """A layer's whole grow and commit in the index form (`targets`: see `_commit_units`):
     `after` = `before` without `dropped`, and k of the n_cand units not in it are grown (all
     if fewer): drawn uniformly from counter `seed` if it is >= 0 (SET, `_draw_free`), else
-    the k best by |vals|. Then `_commit_units`."""
+    the k best by |vals|. Then `_commit_units` (the writes into the layer's tensors are
+    `_commit_write`'s tasks)."""
     _copy(before, after)
     for d in dropped:
         after[d] = 0
@@ -535,15 +536,15 @@ def _grow_and_commit(vals, seed, before, after, dropped, k, n_cand, sample, targ
 
 @_jit
 def _commit_units(before, after, dropped, grown, targets, out, counts):
-    """Commit a drop-and-grow (`ops.apply_index_changes` and the controller's writes): set
-    `grown` in `after` (`before` without `dropped`) and the first-time units in `ever`.
-    `targets` = (kept, ever, weight, state0, state1, reset_fresh, factor): zero the weights
-    gone, the optimizer state (`state0`, `state1`: empty if absent) at the gone units, or at
-    the fresh ones with `reset_fresh`; patch the float mask `factor` (empty if none). The
-    lists are written straight into `out` (no copies): the new active units (`kept`, then
-    `grown`) from 0, then gone, fresh and first-time from `_segments`; their numbers (grown,
-    gone, fresh, first-time) in `counts`."""
-    kept, ever, weight, state0, state1, reset_fresh, factor = targets
+    """Commit a drop-and-grow (`ops.apply_index_changes` and the controller's writes), its
+    index part: set `grown` in `after` (`before` without `dropped`) and the first-time units
+    in `ever`, and write the lists straight into `out` (no copies): the new active units
+    (`kept`, then `grown`) from 0, then gone, fresh and first-time from `_segments`; their
+    numbers (grown, gone, fresh, first-time) in `counts`. The writes into the layer's
+    tensors are `_commit_write`'s tasks. `targets` = (kept, ever, weight, state0, state1,
+    reset_fresh, factor): `state0`, `state1` (optimizer state) and the float mask `factor`
+    empty if absent."""
+    kept, ever = targets[0], targets[1]
     n_kept, n_grown = kept.shape[0], grown.shape[0]
     at_gone, at_fresh, at_first = _segments(n_kept, dropped.shape[0], n_grown)
     for g in grown:
@@ -552,23 +553,37 @@ def _commit_units(before, after, dropped, grown, targets, out, counts):
     _copy(grown, out, n_kept)
     n_gone = _where_flag_into(dropped, after, 0, out, at_gone)
     n_fresh, n_first = _fresh_into(grown, before, ever, out, at_fresh, at_first)
-    fresh = out[at_fresh : at_fresh + n_fresh]
     for i in out[at_first : at_first + n_first]:
         ever[i] = 1
-    gone = out[at_gone : at_gone + n_gone]
-    for i in gone:
-        weight[i] = 0
-    reset = fresh if reset_fresh else gone
-    for state in (state0, state1):
-        if state.shape[0]:
-            for i in reset:
-                state[i] = 0
-    if factor.shape[0]:
-        for i in gone:
-            factor[i] = 0
-        for i in fresh:
-            factor[i] = 1
     counts[0], counts[1], counts[2], counts[3] = n_grown, n_gone, n_fresh, n_first
+
+
+#: `_commit_write`'s tasks: zero the weights gone; the two optimizer states (at the gone
+#: units, or the fresh ones with `reset_fresh`); the float mask at the gone and the fresh
+#: units. Independent scattered writes (different tensors, or disjoint units), so a team's
+#: idle thread can take some of a large layer's.
+WRITE_TASKS = 5
+
+
+@_jit
+def _commit_write(task, targets, n_dropped, out, counts):
+    """One of the commit's writes into the layer's tensors (`WRITE_TASKS`), from the lists
+    `_commit_units` left in `out` and `counts`."""
+    kept, _, weight, state0, state1, reset_fresh, factor = targets
+    n_grown, n_gone, n_fresh = counts[0], counts[1], counts[2]
+    at_gone, at_fresh, _ = _segments(kept.shape[0], n_dropped, n_grown)
+    gone, fresh = out[at_gone : at_gone + n_gone], out[at_fresh : at_fresh + n_fresh]
+    if task == 0:
+        for i in gone:
+            weight[i] = 0
+    elif task <= 2:
+        state = state0 if task == 1 else state1
+        if state.shape[0]:
+            for i in fresh if reset_fresh else gone:
+                state[i] = 0
+    elif factor.shape[0]:
+        for i in gone if task == 3 else fresh:
+            factor[i] = 0 if task == 3 else 1
 
 
 def segments(n_kept: int, n_dropped: int, n_grown: int) -> tuple[int, int, int]:
@@ -745,6 +760,9 @@ SHARED_ROW = 5
 #: the block the redistributed jobs share: [phase-1 jobs finished, one failed, next phase-2
 #: job (a second counter), total regrowth, address of the float64 layer scores]
 BLOCK = 5
+#: every job row ends with [lists ready (0: not yet, 1: ready, 2: failed), next write task,
+#: write tasks finished]: `_help` hands a large layer's writes to idle threads
+SYNC = 3
 
 
 @_jit
@@ -836,11 +854,26 @@ if numba is not None:
         return _drop_lowest_abs(values, index, k, row[8], dropped, kept, other)
 
     @_jit
+    def _commit_targets(row):
+        # `_commit_units`' targets of a commit row (see `_commit_job`)
+        n, n_kept = row[2], row[10]
+        return (
+            carray(_i64(row[11]), (n_kept,)),
+            carray(_u8(row[12]), (n,)),
+            carray(_f32(row[13]), (n,)),
+            carray(_f32(row[14]), (n if row[14] else 0,)),
+            carray(_f32(row[15]), (n if row[15] else 0,)),
+            row[16] != 0,
+            carray(_f32(row[17]), (n if row[17] else 0,)),
+        )
+
+    @_jit
     def _commit_job(row):
         # row: done, scores, n, before, after, dropped, n_dropped, k, n_cand, sample, n_kept,
         # kept, ever, weight, state0, state1, reset_fresh, factor, out, out size, counts,
-        # seed (< 0: none; a pointer 0: absent)
-        n, n_dropped, n_kept = row[2], row[6], row[10]
+        # seed (< 0: none; a pointer 0: absent); the grow and the commit's lists (the writes
+        # are `_commit_task`s)
+        n, n_dropped = row[2], row[6]
         _grow_and_commit(
             carray(_f32(row[1]), (n if row[1] else 0,)),
             row[21],
@@ -850,22 +883,20 @@ if numba is not None:
             row[7],
             row[8],
             row[9],
-            (
-                carray(_i64(row[11]), (n_kept,)),
-                carray(_u8(row[12]), (n,)),
-                carray(_f32(row[13]), (n,)),
-                carray(_f32(row[14]), (n if row[14] else 0,)),
-                carray(_f32(row[15]), (n if row[15] else 0,)),
-                row[16] != 0,
-                carray(_f32(row[17]), (n if row[17] else 0,)),
-            ),
+            _commit_targets(row),
             carray(_i64(row[18]), (row[19],)),
             carray(_i64(row[20]), (4,)),
         )
 
     @_jit
+    def _commit_task(row, task):
+        # one of a commit row's writes (`_commit_write`), after its `_commit_job`
+        out, counts = carray(_i64(row[18]), (row[19],)), carray(_i64(row[20]), (4,))
+        _commit_write(task, _commit_targets(row), row[6], out, counts)
+
+    @_jit
     def _drop_and_commit_job(row):
-        # row: a drop row, then a commit row whose dropped and kept are the drop's outputs
+        # row: a drop row, a commit row whose dropped and kept are the drop's outputs, SYNC
         _drop_job(row[:DROP_ROW], _no_values)
         _commit_job(row[DROP_ROW:])
 
@@ -880,15 +911,6 @@ if numba is not None:
         n_active = drop[4]
         score = total / n_active if momentum.shape[0] and n_active else 0.0
         carray(_f64(block[4]), (row[2] + 1,))[row[2]] = score
-
-    @_jit
-    def _sum_and_drop_guarded(row):
-        # False if it raised: the other threads wait for every first phase, so none may be lost
-        try:
-            _sum_and_drop(row)
-        except Exception:
-            return False
-        return True
 
     @_jit
     def _grows(jobs):
@@ -907,12 +929,35 @@ if numba is not None:
         _commit_job(commit)
 
     @_jit
+    def _phase_guarded(row, phase, grows):
+        # a job's phase (0: drop and commit lists; 1: a redistributed job's score and drop;
+        # 2: its grow and commit lists); False if it raised: other threads wait on it, so
+        # none may be lost
+        try:
+            if phase == 0:
+                _drop_and_commit_job(row)
+            elif phase == 1:
+                _sum_and_drop(row)
+            else:
+                _grow_and_commit_redistributed(row, grows)
+        except Exception:
+            return False
+        return True
+
+    @_jit
+    def _all_writes(row, commit_at):
+        # the caller's re-run: every write task of a job whose lists were just made
+        for task in range(WRITE_TASKS):
+            _commit_task(row[commit_at:], task)
+        row[0] = 1
+
+    @_jit
     def _finish_drop_commit(jobs):
-        # the caller's re-run of the jobs a thread did not finish (raises a job's error)
+        # the caller's re-run of the jobs no thread finished (raises a job's error)
         for j in range(jobs.shape[0]):
             if jobs[j, 0] == 0:
                 _drop_and_commit_job(jobs[j])
-                jobs[j, 0] = 1
+                _all_writes(jobs[j], DROP_ROW)
 
     @_jit
     def _finish_redistributed(jobs):
@@ -924,14 +969,51 @@ if numba is not None:
         for j in range(jobs.shape[0]):
             if jobs[j, 0] == 0:
                 _grow_and_commit_redistributed(jobs[j], grows)
-                jobs[j, 0] = 1
+                _all_writes(jobs[j], SHARED_ROW + DROP_ROW)
+
+    @_jit
+    def _help(start, table, j, commit_at):
+        # take job j's write tasks until none is left; the thread finishing the last marks
+        # the job done. The job's lists must be ready.
+        width = table.shape[1]
+        at = start + 8 * (HEADER + j * width + width - SYNC)  # its SYNC columns
+        while True:
+            task = _fetch_add(at + 8, 1)
+            if task >= WRITE_TASKS:
+                return
+            _commit_task(table[j, commit_at:], task)
+            if _fetch_add(at + 16, 1) == WRITE_TASKS - 1:
+                table[j, 0] = 1
+
+    @_jit
+    def _run_job(start, table, j, phase, grows, commit_at):
+        # a job's lists (or a failure) published to the other threads, then its writes
+        ok = _phase_guarded(table[j], phase, grows)
+        at = start + 8 * (HEADER + j * table.shape[1] + table.shape[1] - SYNC)
+        _fetch_add(at, 1 if ok else 2)
+        if ok:
+            _help(start, table, j, commit_at)
+
+    @_jit
+    def _help_others(start, table, commit_at):
+        # no job is left to take: share the write tasks of the jobs other threads still run
+        # (each was taken, so its lists are ready, or failed, soon)
+        width = table.shape[1]
+        for j in range(table.shape[0]):
+            at = start + 8 * (HEADER + j * width + width - SYNC)
+            ready = _fetch_add(at, 0)
+            while ready == 0:
+                ready = _fetch_add(at, 0)
+            if ready == 1:
+                _help(start, table, j, commit_at)
 
     def _work(data):
         """What each thread runs: take the next job from the shared counter until none is
-        left (compiled on first use by `_worker`; module-level, so that numba's disk cache
-        holds it once, not once per process as a closure). Redistributed jobs run in two
-        phases: every layer's score and drop, a wait for all of them, the redistribution
-        (each thread computes the same small one), then the grows and commits."""
+        left, then share the write tasks of the large layers other threads are still on
+        (compiled on first use by `_worker`; module-level, so that numba's disk cache holds
+        it once, not once per process as a closure). Redistributed jobs run in two phases:
+        every layer's score and drop, a wait for all of them, the redistribution (each thread
+        computes the same small one), then the grows and commits."""
         start = _address(data)
         header = carray(_i64(start), (HEADER,))
         table = carray(_i64(start + 8 * HEADER), (header[1], header[2]))
@@ -940,16 +1022,17 @@ if numba is not None:
             while True:
                 j = _fetch_add(start, 1)
                 if j >= n:
-                    return
-                _drop_and_commit_job(table[j])
-                table[j, 0] = 1
+                    break
+                _run_job(start, table, j, 0, _no_index, DROP_ROW)
+            _help_others(start, table, DROP_ROW)
+            return
         block_at = table[0, 1]
         block = carray(_i64(block_at), (BLOCK,))
         while True:
             j = _fetch_add(start, 1)
             if j >= n:
                 break
-            if not _sum_and_drop_guarded(table[j]):
+            if not _phase_guarded(table[j], 1, _no_index):
                 block[1] = 1  # published by the atomic add below
             _fetch_add(block_at, 1)
         while _fetch_add(block_at, 0) < n:  # the other threads' first phases
@@ -957,12 +1040,13 @@ if numba is not None:
         if block[1]:
             return  # the caller re-runs them all, raising the error
         grows = _grows(table)
+        commit_at = SHARED_ROW + DROP_ROW
         while True:
             j = _fetch_add(block_at + 16, 1)
             if j >= n:
-                return
-            _grow_and_commit_redistributed(table[j], grows)
-            table[j, 0] = 1
+                break
+            _run_job(start, table, j, 2, grows, commit_at)
+        _help_others(start, table, commit_at)
 
     #: the job kinds of a table, by name (a table's kind is the position here), each with its
     #: caller-side finish of the jobs no thread finished

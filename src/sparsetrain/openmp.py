@@ -15,8 +15,12 @@ the same compiled worker runs serially when PyTorch has one thread, its runtime 
 (not Linux, not OpenMP), or `SPARSETRAIN_OPENMP=0`. With SNFS's redistribution the jobs run in
 two phases of the same call: each layer's mean |momentum| and drop, a wait for all of them,
 the redistribution (each thread computes the same one, it is tiny), then the grows and
-commits. A job that fails (a bug) leaves its "done" flag unset, and the caller re-runs it on
-the serial path, which raises the real error.
+commits. A commit's writes into the layer's tensors (weights, optimizer state, float mask at
+the gone and fresh units) are separate tasks: a thread with no layer left to take shares the
+tasks of the layers still running, so the small layers' thread helps with the largest one's
+(measured: SET's and SNFS's team call 0.94-0.96 of the time without it, masks identical).
+A job that fails (a bug) leaves its "done" flag unset, and the caller re-runs it on the
+serial path, which raises the real error.
 """
 
 from __future__ import annotations
@@ -172,7 +176,7 @@ def drop_and_commit_layers(
             row = [0, block.ctypes.data, position, pointer, momentum.numel(), *row]
             alive.append(momentum)
         commit_row, outputs, commit_alive = _commit_row(job, dropped, kept, redistribute)
-        rows.append(row + commit_row)
+        rows.append(row + commit_row + [0] * kernels.SYNC)
         done.append((dropped, kept, outputs, alive + commit_alive))
     kind = "drop_commit" if redistribute is None else "redistribute"
     run(kind, rows, [job["before"].numel() for job in jobs])
