@@ -789,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = ["dense", "Static", "RigL", "SET", "SNFS", "rigl-torch"]
     if "train" in sections:
         results["train"] = []
-        plan = (("mlp", 5 if q else 15, 8), ("wrn-22-2", 2 if q else 9, 4))
+        plan = (("mlp", 5 if q else 60, 8), ("wrn-22-2", 2 if q else 9, 4))
         for name, rounds, steps in [p for p in plan if p[0] in args.models]:
             log(f"training overhead: {name}")
             results["train"].append(bench_training(name, rounds, steps, peer, kinds))
